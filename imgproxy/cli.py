@@ -1,0 +1,182 @@
+"""Command line: serve, tile, check-config (SPEC §11)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from imgproxy import __version__
+from imgproxy.settings import TILE_FORMATS, ConfigError, Settings, load_settings
+
+log = logging.getLogger("imgproxy")
+
+
+def _settings(path: str | None) -> Settings:
+    """The configuration of `-c FILE`, or the embedded demo (with its images made on first use)."""
+    if path is not None:
+        return load_settings(path)
+    from imgproxy.demo import demo_settings, ensure_demo_images
+
+    data_dir = os.environ.get("IMGPROXY_STORAGE__DIR", "./var")
+    settings = demo_settings(data_dir)
+    ensure_demo_images(Path(settings.origins[0].root))
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from imgproxy.app import create_app
+
+    settings = _settings(args.config)
+    app = create_app(settings)
+    url = settings.public_base()
+    print(f"imgproxy {__version__} serving on http://{settings.server.host}:{settings.server.port}")
+    if args.config is None:
+        print(f"demo: {url}/demo", flush=True)
+    web.run_app(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        print=None,
+        access_log=None,
+        backlog=min(settings.server.max_connections, 4096),
+        shutdown_timeout=5.0,
+    )
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config) if args.config else _defaults()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{settings.source}: OK ({len(settings.origins)} origin(s))")
+    return 0
+
+
+def _defaults() -> Settings:
+    return load_settings()
+
+
+def cmd_tile(args: argparse.Namespace) -> int:
+    from imgproxy.processing.pipeline import InvalidImage, configure_vips, dzsave
+
+    configure_vips()
+    src = Path(args.src)
+    outdir = Path(args.outdir)
+    if not src.is_file():
+        print(f"{src}: no such file", file=sys.stderr)
+        return 2
+    outdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    shown = -1
+
+    def progress(percent: int) -> None:
+        nonlocal shown
+        if percent != shown:
+            shown = percent
+            elapsed = time.monotonic() - started
+            print(f"\rtiling {src.name}: {percent:3d}% ({elapsed:.1f}s)", end="", file=sys.stderr)
+
+    try:
+        dzsave(
+            src,
+            outdir / src.stem,
+            args.tile_size,
+            args.overlap,
+            args.format,
+            args.quality,
+            "iiif3" if args.layout == "iiif3" else "dz",
+            progress,
+        )
+    except InvalidImage as exc:
+        print(f"\n{src}: {exc}", file=sys.stderr)
+        return 1
+    if args.layout == "dz":
+        from imgproxy.processing.pipeline import fix_dzi_format
+
+        fix_dzi_format(outdir / f"{src.stem}.dzi", args.format)
+    elapsed = time.monotonic() - started
+    print(f"\rtiling {src.name}: 100% ({elapsed:.1f}s)", file=sys.stderr)
+    target = outdir / (f"{src.stem}.dzi" if args.layout == "dz" else f"{src.stem}/info.json")
+    print(target)
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgproxy",
+        description="An asynchronous on-demand image proxy: placeholders, renditions and "
+        "deep-zoom tiles from your own image repositories.",
+    )
+    parser.add_argument("--version", action="version", version=f"imgproxy {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP server",
+        description="Run the server. Without -c, serve the embedded demo (generated sample "
+        "images under ./var, on 127.0.0.1:8080). IMGPROXY_SECTION__KEY variables override "
+        "any key.",
+    )
+    serve.add_argument("-c", "--config", help="TOML configuration file")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a configuration file",
+        description="Report every unknown key and bad value; exit 1 if there is any.",
+    )
+    check.add_argument("-c", "--config", help="TOML configuration file")
+    check.set_defaults(func=cmd_check_config)
+
+    tile = sub.add_parser(
+        "tile",
+        help="tile one image file into a DeepZoom (or IIIF 3) pyramid",
+        description="Write OUTDIR/<stem>.dzi and OUTDIR/<stem>_files/ (or, with --layout "
+        "iiif3, an IIIF Image API 3 level-0 tree OUTDIR/<stem>/ with its info.json).",
+    )
+    tile.add_argument("src", help="the image file")
+    tile.add_argument("outdir", help="the output directory")
+    tile.add_argument("--tile-size", type=_positive, default=254, help="default 254")
+    tile.add_argument("--overlap", type=int, default=1, help="default 1")
+    tile.add_argument("--format", choices=TILE_FORMATS, default="jpg", help="default jpg")
+    tile.add_argument("--quality", type=_positive, default=82, help="default 82")
+    tile.add_argument("--layout", choices=("dz", "iiif3"), default="dz", help="default dz")
+    tile.set_defaults(func=cmd_tile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pyvips").setLevel(logging.WARNING)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print("refusing to start: fix the configuration above", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code

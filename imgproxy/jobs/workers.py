@@ -1,0 +1,62 @@
+"""Workers: `processing.workers` tasks taking jobs from the durable queue, most urgent first."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from imgproxy.jobs.runner import JobContext, run_job
+from imgproxy.metadata.store import StoreError
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL = 1.0  # also picks up jobs queued by another process (`imgproxy warm`)
+
+
+class Workers:
+    def __init__(self, ctx: JobContext, count: int) -> None:
+        self.ctx = ctx
+        self.count = count
+        self.busy = 0
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._loop(), name=f"worker-{i}") for i in range(self.count)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()  # before claiming, so a job queued meanwhile wakes us
+            try:
+                job = await self.ctx.store.claim_job()
+            except StoreError as exc:
+                log.error("cannot read the job queue: %s", exc)
+                job = None
+            if job is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
+                continue
+            self.busy += 1
+            try:
+                await run_job(self.ctx, job)
+            except asyncio.CancelledError:
+                # Shutting down mid-job: hand it back so the next start resumes it.
+                with contextlib.suppress(StoreError):
+                    await asyncio.shield(self.ctx.store.release_job(job.image_id))
+                raise
+            finally:
+                self.busy -= 1

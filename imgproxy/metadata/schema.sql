@@ -1,0 +1,40 @@
+-- imgproxy metadata. Applied at every start (idempotent); user_version tracks migrations.
+
+CREATE TABLE IF NOT EXISTS images (
+    id          TEXT PRIMARY KEY,
+    status      TEXT NOT NULL,            -- queued|downloading|processing|tiling|storing|ready|error
+    error       TEXT,                     -- originalNotFound|invalidImage|uploadError|statusUpdateError|unknown
+    detail      TEXT,                     -- a human-readable reason for `error`
+    version     INTEGER NOT NULL DEFAULT 1, -- the version viewers are served
+    building    INTEGER,                  -- the version a running pull builds, NULL when none
+    origin      TEXT,                     -- name of the origin that had the ID
+    created_by  TEXT NOT NULL DEFAULT 'view', -- 'view' rows vanish when no origin has the ID
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    viewed_at   REAL
+);
+
+CREATE TABLE IF NOT EXISTS versions (
+    image_id    TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    width       INTEGER,
+    height      INTEGER,
+    has_alpha   INTEGER NOT NULL DEFAULT 0,
+    placeholder INTEGER NOT NULL DEFAULT 0,
+    display     INTEGER NOT NULL DEFAULT 0,
+    zoom        INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (image_id, version)
+);
+
+-- One pending job per image: the queue itself is single-flight.
+CREATE TABLE IF NOT EXISTS jobs (
+    image_id    TEXT PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    priority    INTEGER NOT NULL,         -- 0 viewer waiting, 1 hook, 2 bulk
+    state       TEXT NOT NULL DEFAULT 'queued', -- queued|running
+    owner       INTEGER,                  -- pid of the process running it
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    seq         INTEGER NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS jobs_pick ON jobs (state, priority, seq);

@@ -1,0 +1,413 @@
+"""The metadata store: images, versions and the durable job queue in SQLite (WAL), via aiosqlite.
+
+One writer connection (writes are serialised by a lock so that multi-statement transactions
+never interleave) and one reader connection; WAL lets them run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+# Job priorities: lower runs first.
+VIEWER = 0
+HOOK = 1
+BULK = 2
+
+ACTIVE_STATUSES = ("queued", "downloading", "processing", "tiling", "storing")
+STAGES = ("placeholder", "display", "zoom")
+
+
+class StoreError(Exception):
+    """The metadata store failed (surfaced to clients as statusUpdateError / 503)."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """An image with the stage flags and size of the version viewers are served."""
+
+    id: str
+    status: str
+    error: str | None
+    detail: str | None
+    version: int
+    building: int | None
+    origin: str | None
+    created_by: str
+    created_at: float
+    updated_at: float
+    width: int | None
+    height: int | None
+    has_alpha: bool
+    placeholder: bool
+    display: bool
+    zoom: bool
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    image_id: str
+    version: int
+    width: int | None
+    height: int | None
+    has_alpha: bool
+    placeholder: bool
+    display: bool
+    zoom: bool
+
+
+@dataclass(frozen=True)
+class Job:
+    image_id: str
+    version: int
+    priority: int
+    attempts: int
+
+
+_IMAGE_SELECT = """
+SELECT i.id, i.status, i.error, i.detail, i.version, i.building, i.origin, i.created_by,
+       i.created_at, i.updated_at, v.width, v.height, COALESCE(v.has_alpha, 0),
+       COALESCE(v.placeholder, 0), COALESCE(v.display, 0), COALESCE(v.zoom, 0)
+FROM images i LEFT JOIN versions v ON v.image_id = i.id AND v.version = i.version
+"""
+
+
+def _image(row: Any) -> ImageRecord:
+    return ImageRecord(
+        id=row[0],
+        status=row[1],
+        error=row[2],
+        detail=row[3],
+        version=row[4],
+        building=row[5],
+        origin=row[6],
+        created_by=row[7],
+        created_at=row[8],
+        updated_at=row[9],
+        width=row[10],
+        height=row[11],
+        has_alpha=bool(row[12]),
+        placeholder=bool(row[13]),
+        display=bool(row[14]),
+        zoom=bool(row[15]),
+    )
+
+
+class MetadataStore:
+    """Async access to the SQLite database; open with `await store.open()`, close with `close()`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._seq = 0
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        schema = resources.files("imgproxy.metadata").joinpath("schema.sql").read_text()
+        try:
+            self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+            # FULL: a 200 from an API means the row survives even a power cut, not only kill -9.
+            await self._writer.executescript(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;"
+                + schema
+            )
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._reader.execute("PRAGMA busy_timeout=10000")
+            async with self._writer.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs") as cur:
+                row = await cur.fetchone()
+            self._seq = int(row[0]) if row else 0
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the metadata store {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    @property
+    def writer(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise StoreError("the metadata store is closed")
+        return self._writer
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreError("the metadata store is closed")
+        return self._reader
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under the write lock; ROLLBACK on any error."""
+        async with self._lock:
+            db = self.writer
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    await db.execute("ROLLBACK")
+                    raise
+                await db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(str(exc)) from exc
+
+    async def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        try:
+            async with self.reader.execute(sql, tuple(params)) as cur:
+                return await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        try:
+            async with self.reader.execute(sql, tuple(params)) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers."""
+        await self._fetchone("SELECT 1")
+
+    # -- images ----------------------------------------------------------------------------
+
+    async def get_image(self, image_id: str) -> ImageRecord | None:
+        row = await self._fetchone(_IMAGE_SELECT + " WHERE i.id = ?", (image_id,))
+        return _image(row) if row else None
+
+    async def get_version(self, image_id: str, version: int) -> VersionRecord | None:
+        row = await self._fetchone(
+            "SELECT image_id, version, width, height, has_alpha, placeholder, display, zoom "
+            "FROM versions WHERE image_id = ? AND version = ?",
+            (image_id, version),
+        )
+        if row is None:
+            return None
+        return VersionRecord(
+            row[0], row[1], row[2], row[3], bool(row[4]), bool(row[5]), bool(row[6]), bool(row[7])
+        )
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def create_image(self, image_id: str, priority: int, created_by: str = "view") -> bool:
+        """Insert a new image (version 1) with its job; False when the ID exists already."""
+        now = time.time()
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "INSERT OR IGNORE INTO images (id, status, version, building, created_by, "
+                "created_at, updated_at) VALUES (?, 'queued', 1, 1, ?, ?, ?)",
+                (image_id, created_by, now, now),
+            )
+            if cur.rowcount == 0:
+                return False
+            await db.execute(
+                "INSERT OR REPLACE INTO versions (image_id, version) VALUES (?, 1)", (image_id,)
+            )
+            await self._enqueue(db, image_id, 1, priority)
+        return True
+
+    async def _enqueue(
+        self, db: aiosqlite.Connection, image_id: str, version: int, priority: int
+    ) -> None:
+        # Re-announcing an image never lowers its priority, and never resets a running job.
+        await db.execute(
+            "INSERT INTO jobs (image_id, version, priority, seq) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (image_id) DO UPDATE SET priority = MIN(priority, excluded.priority)",
+            (image_id, version, priority, self._next_seq()),
+        )
+
+    async def requeue(self, image_id: str, priority: int, new_version: bool = False) -> int:
+        """Queue a new pull of a known image; returns the version it will build."""
+        now = time.time()
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT version, building FROM images WHERE id = ?", (image_id,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise StoreError(f"image {image_id} vanished")
+            served, building = int(row[0]), row[1]
+            if building is not None:
+                target = int(building)
+            elif new_version:
+                target = served + 1
+            else:
+                target = served
+            await db.execute(
+                "INSERT OR IGNORE INTO versions (image_id, version) VALUES (?, ?)",
+                (image_id, target),
+            )
+            await db.execute(
+                "UPDATE images SET status = 'queued', error = NULL, detail = NULL, building = ?, "
+                "updated_at = ? WHERE id = ?",
+                (target, now, image_id),
+            )
+            await self._enqueue(db, image_id, target, priority)
+        return target
+
+    async def bump_priority(self, image_id: str, priority: int) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET priority = MIN(priority, ?) WHERE image_id = ?",
+                (priority, image_id),
+            )
+
+    async def set_status(
+        self,
+        image_id: str,
+        status: str,
+        error: str | None = None,
+        detail: str | None = None,
+        origin: str | None = None,
+    ) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE images SET status = ?, error = ?, detail = ?, "
+                "origin = COALESCE(?, origin), updated_at = ? WHERE id = ?",
+                (status, error, detail, origin, time.time(), image_id),
+            )
+            if status in ("ready", "error"):
+                await db.execute("UPDATE images SET building = NULL WHERE id = ?", (image_id,))
+
+    async def set_size(
+        self, image_id: str, version: int, width: int, height: int, has_alpha: bool
+    ) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE versions SET width = ?, height = ?, has_alpha = ? "
+                "WHERE image_id = ? AND version = ?",
+                (width, height, int(has_alpha), image_id, version),
+            )
+
+    async def set_stage(
+        self, image_id: str, version: int, stage: str, switch: bool = False
+    ) -> None:
+        """Mark a stage built; `switch` makes `version` the one viewers are served, atomically."""
+        if stage not in STAGES:
+            raise ValueError(stage)
+        async with self.transaction() as db:
+            await db.execute(
+                f"UPDATE versions SET {stage} = 1 WHERE image_id = ? AND version = ?",
+                (image_id, version),
+            )
+            if switch:
+                await db.execute(
+                    "UPDATE images SET version = ?, updated_at = ? WHERE id = ?",
+                    (version, time.time(), image_id),
+                )
+
+    async def clear_stages(self, image_id: str, version: int) -> None:
+        """Forget built stages of a version (its files were lost or are being rebuilt)."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE versions SET placeholder = 0, display = 0, zoom = 0 "
+                "WHERE image_id = ? AND version = ?",
+                (image_id, version),
+            )
+
+    async def delete_image(self, image_id: str) -> None:
+        async with self.transaction() as db:
+            for table, column in (("jobs", "image_id"), ("versions", "image_id"), ("images", "id")):
+                await db.execute(f"DELETE FROM {table} WHERE {column} = ?", (image_id,))
+
+    async def delete_version(self, image_id: str, version: int) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "DELETE FROM versions WHERE image_id = ? AND version = ?", (image_id, version)
+            )
+
+    async def touch(self, viewed: dict[str, float]) -> None:
+        """Record last-view times (batched by the caller)."""
+        if not viewed:
+            return
+        async with self.transaction() as db:
+            await db.executemany(
+                "UPDATE images SET viewed_at = ? WHERE id = ?",
+                [(t, image_id) for image_id, t in viewed.items()],
+            )
+
+    async def count_images(self) -> int:
+        row = await self._fetchone("SELECT COUNT(*) FROM images")
+        return int(row[0])
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def claim_job(self) -> Job | None:
+        """Take the most urgent queued job for this process (atomic across processes)."""
+        async with (
+            self.transaction() as db,
+            db.execute(
+                "UPDATE jobs SET state = 'running', owner = ?, attempts = attempts + 1 "
+                "WHERE image_id = (SELECT image_id FROM jobs WHERE state = 'queued' "
+                "ORDER BY priority, seq LIMIT 1) "
+                "RETURNING image_id, version, priority, attempts",
+                (os.getpid(),),
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        return Job(row[0], row[1], row[2], row[3]) if row else None
+
+    async def finish_job(self, image_id: str) -> None:
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM jobs WHERE image_id = ?", (image_id,))
+
+    async def release_job(self, image_id: str) -> None:
+        """Put a running job back in the queue (worker stopped before it finished)."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET state = 'queued', owner = NULL WHERE image_id = ?", (image_id,)
+            )
+
+    async def queue_depth(self) -> int:
+        row = await self._fetchone("SELECT COUNT(*) FROM jobs")
+        return int(row[0])
+
+    async def resume_orphans(self) -> list[str]:
+        """Requeue jobs whose owning process is gone (a crash or kill -9); returns their image IDs."""
+        rows = await self._fetchall("SELECT image_id, owner FROM jobs WHERE state = 'running'")
+        orphans = [image_id for image_id, owner in rows if not _alive(owner)]
+        if orphans:
+            async with self.transaction() as db:
+                await db.executemany(
+                    "UPDATE jobs SET state = 'queued', owner = NULL WHERE image_id = ?",
+                    [(i,) for i in orphans],
+                )
+                await db.executemany(
+                    "UPDATE images SET status = 'queued' WHERE id = ? AND status IN "
+                    "('downloading', 'processing', 'tiling', 'storing')",
+                    [(i,) for i in orphans],
+                )
+        return orphans
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid or pid == os.getpid():
+        # Our own pid on a running job at start-up means a previous process with the same pid.
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,115 @@
+"""Building origins from settings, and pulling an ID's original into the cache through them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from imgproxy.cache.disk import atomic_path
+from imgproxy.origins.base import NotFound, Origin, Source, TooLarge, Unavailable
+from imgproxy.origins.file import FileOrigin
+from imgproxy.origins.http import HttpOrigin
+from imgproxy.settings import OriginSettings
+
+log = logging.getLogger(__name__)
+
+BUFFER = 1 << 20
+
+OriginFactory = Callable[[OriginSettings, aiohttp.ClientSession], Origin]
+FACTORIES: dict[str, OriginFactory] = {
+    "file": lambda settings, _session: FileOrigin(settings),
+    "http": HttpOrigin,
+}
+
+
+def build_origins(
+    settings: Sequence[OriginSettings], session: aiohttp.ClientSession
+) -> list[Origin]:
+    """One origin object per `[[origins]]` table, in order."""
+    origins: list[Origin] = []
+    for item in settings:
+        factory = FACTORIES.get(item.type)
+        if factory is None:
+            raise ValueError(f"origin {item.name!r}: type {item.type!r} is not available yet")
+        origins.append(factory(item, session))
+    return origins
+
+
+@dataclass(frozen=True)
+class Pulled:
+    origin: str
+    location: str
+    size: int
+
+
+async def pull(
+    origins: Sequence[Origin],
+    image_id: str,
+    dest: Path,
+    max_bytes: int,
+    retries: int = 2,
+    only_origin: str | None = None,
+    backoff: float = 0.5,
+) -> Pulled:
+    """Fetch `image_id` from the first origin that has it into `dest` (atomically).
+
+    NotFound moves on to the next origin; Unavailable is retried `retries` times with
+    exponential backoff when transient, then raised; TooLarge is raised at once.
+    """
+    candidates = [o for o in origins if o.accepts(image_id)]
+    if only_origin is not None:
+        candidates = [o for o in candidates if o.name == only_origin] or [
+            o for o in origins if o.name == only_origin
+        ]
+    for origin in candidates:
+        for attempt in range(retries + 1):
+            try:
+                async with origin.open(image_id) as source:
+                    size = await _save(source, dest, max_bytes)
+                return Pulled(origin.name, source.location, size)
+            except NotFound:
+                break
+            except Unavailable as exc:
+                if not exc.transient or attempt == retries:
+                    raise
+                log.warning("origin %s: %s; retry %d of %d", origin.name, exc, attempt + 1, retries)
+                await asyncio.sleep(backoff * 2**attempt)
+    raise NotFound(image_id)
+
+
+async def _save(source: Source, dest: Path, max_bytes: int) -> int:
+    if source.size is not None and source.size > max_bytes:
+        raise TooLarge(f"the original is {source.size} bytes, over the limit of {max_bytes}")
+    if source.path is not None:
+        return await asyncio.to_thread(_copy_local, source.path, dest, max_bytes)
+    with atomic_path(dest) as tmp:
+        total = 0
+        buffer = bytearray()
+        with tmp.open("wb") as out:
+            async for chunk in source.chunks:
+                total += len(chunk)
+                if total > max_bytes:
+                    raise TooLarge(f"the original is over the limit of {max_bytes} bytes")
+                buffer += chunk
+                if len(buffer) >= BUFFER:
+                    out.write(buffer)
+                    buffer.clear()
+            out.write(buffer)
+        if source.size is not None and total != source.size:
+            raise Unavailable(f"{source.location}: got {total} of {source.size} bytes")
+    return total
+
+
+def _copy_local(path: Path, dest: Path, max_bytes: int) -> int:
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise TooLarge(f"the original is {size} bytes, over the limit of {max_bytes}")
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(path, tmp)
+    return size

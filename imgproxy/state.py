@@ -1,0 +1,32 @@
+"""The app object's typed state: every long-lived part, wired once in app.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from imgproxy.cache.layout import CacheLayout
+from imgproxy.images.renditions import Renditions
+from imgproxy.images.service import ImageService
+from imgproxy.jobs.workers import Workers
+from imgproxy.metadata.store import MetadataStore
+from imgproxy.metrics import Metrics
+from imgproxy.processing.pool import ProcessingPool
+from imgproxy.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    store: MetadataStore
+    layout: CacheLayout
+    pool: ProcessingPool
+    service: ImageService
+    renditions: Renditions
+    workers: Workers
+    metrics: Metrics
+    cache_bytes: int = 0
+
+
+STATE = web.AppKey("state", AppState)

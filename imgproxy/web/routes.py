@@ -1,0 +1,112 @@
+"""The URL table, and the small operational routes (health, metrics, demo, static)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from aiohttp import web
+
+from imgproxy.metadata.store import StoreError
+from imgproxy.state import STATE
+from imgproxy.web import viewer
+from imgproxy.web.errors import json_response
+from imgproxy.web.middlewares import cors_headers
+
+ID = "{id}"
+VERSION = "v{version:\\d+}"
+
+
+def setup_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get(f"/images/{ID}", viewer.image, name="image")
+    r.add_get(f"/images/{ID}/info.json", viewer.info, name="info")
+    r.add_get(f"/images/{ID}/events", viewer.events, name="events")
+    r.add_get(f"/images/{ID}/placeholder.jpg", viewer.placeholder, name="placeholder")
+    r.add_get(f"/images/{ID}/{VERSION}/zoom.dzi", viewer.dzi, name="dzi")
+    r.add_get(
+        f"/images/{ID}/{VERSION}/zoom_files/{{level:\\d+}}/{{col:\\d+}}_{{row:\\d+}}.{{ext:[a-z]+}}",
+        viewer.tile,
+        name="tile",
+    )
+    r.add_get(
+        f"/images/{ID}/{VERSION}/{{width:\\d{{1,5}}}}.{{ext:[a-z]+}}",
+        viewer.rendition,
+        name="rendition",
+    )
+    r.add_route("OPTIONS", "/images/{tail:.*}", preflight, name="preflight")
+    r.add_route("OPTIONS", "/smart-frame.js", preflight)
+    r.add_get("/smart-frame.js", smart_frame, name="smart-frame")
+    r.add_get("/demo", demo, name="demo")
+    r.add_get("/", index, name="index")
+    r.add_get("/healthz", healthz, name="healthz")
+    r.add_get("/metrics", metrics, name="metrics")
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight for the viewer routes (they only ever take GET)."""
+    headers = {
+        "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+        "Access-Control-Allow-Headers": request.headers.get(
+            "Access-Control-Request-Headers", "Accept"
+        ),
+        "Access-Control-Max-Age": "86400",
+        **cors_headers(request.app[STATE].settings, request),
+    }
+    return web.Response(status=204, headers=headers)
+
+
+def _static(name: str) -> bytes:
+    return resources.files("imgproxy.web").joinpath("static", name).read_bytes()
+
+
+async def smart_frame(request: web.Request) -> web.Response:
+    return web.Response(
+        body=_static("smart-frame.js"),
+        content_type="text/javascript",
+        headers={"Cache-Control": "public, max-age=300"},
+    )
+
+
+async def demo(request: web.Request) -> web.Response:
+    return web.Response(body=_static("demo.html"), content_type="text/html")
+
+
+async def index(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/demo")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 with queue and cache figures; 503 naming the dependency that failed."""
+    state = request.app[STATE]
+    try:
+        await state.store.ping()
+        queue = await state.store.queue_depth()
+    except StoreError as exc:
+        return json_response({"status": "error", "failed": f"metadata store: {exc}"}, status=503)
+    return json_response(
+        {
+            "status": "ok",
+            "queue": queue,
+            "workers_busy": state.workers.busy,
+            "cache_bytes": state.cache_bytes,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    extra = {
+        "imgproxy_workers_busy": float(state.workers.busy),
+        "imgproxy_cache_bytes": float(state.cache_bytes),
+    }
+    try:
+        extra["imgproxy_queue_depth"] = float(await state.store.queue_depth())
+    except StoreError:
+        pass
+    return web.Response(
+        text=state.metrics.render(extra),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
