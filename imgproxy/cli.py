@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -75,7 +76,11 @@ def cmd_tile(args: argparse.Namespace) -> int:
     if not src.is_file():
         print(f"{src}: no such file", file=sys.stderr)
         return 2
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"{outdir}: cannot create the output directory: {exc.strerror}", file=sys.stderr)
+        return 1
     started = time.monotonic()
     shown = -1
 
@@ -104,11 +109,42 @@ def cmd_tile(args: argparse.Namespace) -> int:
         from imgproxy.processing.pipeline import fix_dzi_format
 
         fix_dzi_format(outdir / f"{src.stem}.dzi", args.format)
+        if args.format == "jpg":
+            _rename_jpeg_tiles(outdir / f"{src.stem}_files")
+    else:
+        _fix_info_json(outdir / src.stem / "info.json", args.format, args.base_url)
     elapsed = time.monotonic() - started
     print(f"\rtiling {src.name}: 100% ({elapsed:.1f}s)", file=sys.stderr)
     target = outdir / (f"{src.stem}.dzi" if args.layout == "dz" else f"{src.stem}/info.json")
     print(target)
     return 0
+
+
+def _rename_jpeg_tiles(tiles: Path) -> None:
+    """Name direct-mode JPEG tiles .jpg, the extension the .dzi's Format makes viewers ask for.
+
+    (The server keeps them as .jpeg and maps the URL; a standalone pyramid must match itself.)
+    """
+    with os.scandir(tiles) as levels:
+        level_dirs = [entry.path for entry in levels if entry.is_dir()]
+    for level in level_dirs:
+        with os.scandir(level) as entries:
+            names = [entry.name for entry in entries if entry.name.endswith(".jpeg")]
+        for name in names:
+            os.rename(
+                os.path.join(level, name), os.path.join(level, name[: -len(".jpeg")] + ".jpg")
+            )
+
+
+def _fix_info_json(info: Path, tile_format: str, base_url: str | None) -> None:
+    """Declare non-JPEG tiles in info.json (level 0 implies jpg) and set its id to the hosting URL."""
+    data = json.loads(info.read_text(encoding="utf-8"))
+    if base_url:
+        data["id"] = f"{base_url.rstrip('/')}/{info.parent.name}"
+    if tile_format != "jpg":
+        data["preferredFormats"] = [tile_format]
+        data["extraFormats"] = [tile_format]
+    info.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _positive(text: str) -> int:
@@ -159,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     tile.add_argument("--format", choices=TILE_FORMATS, default="jpg", help="default jpg")
     tile.add_argument("--quality", type=_positive, default=82, help="default 82")
     tile.add_argument("--layout", choices=("dz", "iiif3"), default="dz", help="default dz")
+    tile.add_argument(
+        "--base-url",
+        help="iiif3: the URL OUTDIR will be served at; info.json's id becomes BASE_URL/<stem> "
+        "(without it, libvips' placeholder https://example.com/iiif/<stem>)",
+    )
     tile.set_defaults(func=cmd_tile)
     return parser
 

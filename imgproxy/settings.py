@@ -242,6 +242,10 @@ def _env_value(cls: type[Any], key: str, text: str) -> Any:
     kind = hints.get(key)
     if kind is None:
         return text
+    return _convert_env(kind, text)
+
+
+def _convert_env(kind: Any, text: str) -> Any:
     base = _base_type(kind)
     try:
         if base is bool:
@@ -259,7 +263,11 @@ def _env_value(cls: type[Any], key: str, text: str) -> Any:
             stripped = text.strip()
             if stripped.startswith(("[", "{")):
                 return json.loads(stripped)
-            return [item.strip() for item in stripped.split(",") if item.strip()]
+            items = [item.strip() for item in stripped.split(",") if item.strip()]
+            if base is tuple:  # "320,640" for a tuple[int, ...] is a list of ints
+                item_kind = (*typing.get_args(kind), str)[0]
+                return [_convert_env(item_kind, item) for item in items]
+            return items
     except ValueError:
         return text
     return text
@@ -331,7 +339,10 @@ def _build_section(cls: type[Any], raw: Any, where: str, problems: list[str]) ->
         if key not in names:
             problems.append(f"{where}.{key}: unknown key")
             continue
-        values[key] = _check_value(hints[key], value, f"{where}.{key}", problems)
+        before = len(problems)
+        checked = _check_value(hints[key], value, f"{where}.{key}", problems)
+        if len(problems) == before:  # a mistyped value keeps its default, so checks can go on
+            values[key] = checked
     try:
         return cls(**values)
     except TypeError as exc:
@@ -356,8 +367,9 @@ def _build(raw: dict[str, Any], source: str, problems: list[str]) -> Settings:
         if origin is not None:
             origins.append(origin)
     settings = Settings(**sections, origins=tuple(origins), source=source)
-    if not problems:  # value checks only make sense once every type is right
-        _validate(settings, problems)
+    # Every value left in `settings` has the right type (mistyped ones kept their default),
+    # so range checks can run now and report their problems together with the type errors.
+    _validate(settings, problems)
     return settings
 
 
@@ -373,17 +385,25 @@ def _build_origin(item: Any, where: str, problems: list[str]) -> OriginSettings 
         return None
     required, optional = ORIGIN_KEYS[kind]
     allowed = {"name", "type", "id_pattern", "extensions", *required, *optional}
-    before = len(problems)
     for key in item:
         if key not in allowed:
             problems.append(f"{label}.{key}: unknown key for a {kind} origin")
+    usable = True  # a required key missing or mistyped: report the other keys too, then drop it
     for key in ("name", *required):
         if key not in item:
             problems.append(f"{label}.{key}: required for a {kind} origin")
-    if len(problems) > before:
+            usable = False
+        elif not isinstance(item[key], str):
+            problems.append(f"{label}.{key}: expected a string, got {item[key]!r}")
+            usable = False
+    fixed = ("name", "type", *required)
+    rest = {key: value for key, value in item.items() if key in allowed and key not in fixed}
+    origin: OriginSettings = _build_section(
+        OriginSettings, {"name": "", "type": kind, **rest}, label, problems
+    )
+    if not usable:
         return None
-    origin: OriginSettings | None = _build_section(OriginSettings, item, label, problems)
-    return origin
+    return dataclasses.replace(origin, **{key: item[key] for key in fixed})
 
 
 def _validate(s: Settings, problems: list[str]) -> None:

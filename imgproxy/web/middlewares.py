@@ -44,13 +44,16 @@ def make_middlewares(settings: Settings, metrics: Metrics) -> list[object]:
             if exc.status < 400:
                 raise
             reason = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else None
-            response = error_response(exc.status, reason or exc.reason.lower(), exc.headers)
-            if "Content-Type" in exc.headers:
-                response.headers["Content-Type"] = "application/json"
+            headers = {
+                k: v
+                for k, v in exc.headers.items()
+                if k.lower() not in ("content-type", "content-length")
+            }
+            response = error_response(exc.status, reason or exc.reason.lower(), headers)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = error_response(500, "internal error")
-        if is_viewer_path(request.path):
+        if is_viewer_path(request.path) and not response.prepared:
             for name, value in cors_headers(settings, request).items():
                 if name == "Vary" and "Vary" in response.headers:
                     if value not in response.headers["Vary"]:
