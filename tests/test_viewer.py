@@ -13,7 +13,6 @@ import pytest
 import pyvips
 
 from imgproxy.state import STATE
-
 from tests.conftest import (
     AppFactory,
     FakeOrigin,
@@ -177,7 +176,7 @@ async def test_bad_requests(
     response = await client.get(path)
     assert response.status == status
     body = await response.json()
-    assert "error" in body and body["error"]
+    assert body.get("error")
     assert origin_server.total_hits() == 0
 
 

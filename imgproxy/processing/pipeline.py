@@ -8,12 +8,13 @@ DeepZoom pyramid is the single full-resolution decode, streamed by dzsave.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pyvips
 
@@ -34,6 +35,8 @@ ALLOWED_LOADERS = {
     "heifload": "heif",
     "heifload_source": "heif",
 }
+P = ParamSpec("P")
+T = TypeVar("T")
 PLACEHOLDER_QUALITY = 60
 PLACEHOLDER_MAX_BYTES = 2048
 
@@ -72,6 +75,19 @@ def _load(src: Path, **options: Any) -> pyvips.Image:
         raise InvalidImage(_reason(exc)) from exc
 
 
+def _vips_errors_are_invalid(fn: Callable[P, T]) -> Callable[P, T]:
+    """Any libvips failure while decoding or encoding means the image is bad: InvalidImage."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except pyvips.Error as exc:
+            raise InvalidImage(_reason(exc)) from exc
+
+    return wrapper
+
+
 def _reason(exc: pyvips.Error) -> str:
     """The first meaningful line of a libvips error."""
     text = (getattr(exc, "detail", None) or str(exc)).strip()
@@ -79,6 +95,7 @@ def _reason(exc: pyvips.Error) -> str:
     return lines[0][:300] if lines else "undecodable image"
 
 
+@_vips_errors_are_invalid
 def probe(src: Path, max_pixels: int) -> Probe:
     """Read only the header: refuse disallowed formats and images over `max_pixels` (all pages)."""
     if not src.exists() or src.stat().st_size == 0:
@@ -151,6 +168,7 @@ def save(image: pyvips.Image, dest: Path, fmt: str, quality: int) -> None:
             raise InvalidImage(_reason(exc)) from exc
 
 
+@_vips_errors_are_invalid
 def build_placeholder(src: Path, dest: Path, width: int) -> None:
     """The tiny JPEG a cold viewer gets first (always JPEG, alpha flattened, <= 2 KB)."""
     image = _thumbnail(src, width)
@@ -165,6 +183,7 @@ def build_placeholder(src: Path, dest: Path, width: int) -> None:
         tmp.write_bytes(data)
 
 
+@_vips_errors_are_invalid
 def build_renditions(
     src: Path,
     dest_for: Callable[[int, str], Path],
@@ -182,11 +201,13 @@ def build_renditions(
             save(image, dest_for(width, fmt), fmt, quality)
 
 
+@_vips_errors_are_invalid
 def build_rendition(src: Path, dest: Path, width: int, fmt: str, quality: int) -> None:
     """One derivative on request (a format or width added to the config after the build)."""
     save(_thumbnail(src, width), dest, fmt, quality)
 
 
+@_vips_errors_are_invalid
 def build_tiles(
     src: Path,
     version_dir: Path,
@@ -210,6 +231,7 @@ def build_tiles(
         remove(work)
 
 
+@_vips_errors_are_invalid
 def dzsave(
     src: Path,
     base: Path,
