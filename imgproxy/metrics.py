@@ -31,12 +31,15 @@ def _labels(labels: Labels) -> str:
 
 
 class Metrics:
+
     def __init__(self) -> None:
         self.counters: defaultdict[str, defaultdict[Labels, float]] = defaultdict(
             lambda: defaultdict(float)
         )
         self.summaries: defaultdict[str, dict[Labels, list[float]]] = defaultdict(dict)
         self.gauges: dict[str, Callable[[], float]] = {}
+        # Shown from the first scrape, before anything is evicted.
+        self.counters["imgproxy_cache_evictions_total"][()] = 0.0
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         self.counters[name][tuple(sorted(labels.items()))] += amount

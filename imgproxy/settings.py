@@ -359,6 +359,7 @@ def _build(raw: dict[str, Any], source: str, problems: list[str]) -> Settings:
             problems.append(f"{key}: unknown section")
     origins_raw = raw.get("origins", [])
     origins: list[OriginSettings] = []
+    positions: list[int] = []  # each origin's index in the file, for messages after a drop
     if not isinstance(origins_raw, list):
         problems.append("origins: expected [[origins]] tables")
         origins_raw = []
@@ -366,10 +367,11 @@ def _build(raw: dict[str, Any], source: str, problems: list[str]) -> Settings:
         origin = _build_origin(item, f"origins[{index}]", problems)
         if origin is not None:
             origins.append(origin)
+            positions.append(index)
     settings = Settings(**sections, origins=tuple(origins), source=source)
     # Every value left in `settings` has the right type (mistyped ones kept their default),
     # so range checks can run now and report their problems together with the type errors.
-    _validate(settings, problems)
+    _validate(settings, problems, positions)
     return settings
 
 
@@ -406,7 +408,7 @@ def _build_origin(item: Any, where: str, problems: list[str]) -> OriginSettings 
     return dataclasses.replace(origin, **{key: item[key] for key in fixed})
 
 
-def _validate(s: Settings, problems: list[str]) -> None:
+def _validate(s: Settings, problems: list[str], positions: list[int] | None = None) -> None:
     """Range and consistency checks, after every type is known to be right."""
 
     def need(ok: bool, message: str) -> None:
@@ -462,7 +464,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
     need(lim.read_timeout > 0, "limits.read_timeout: must be positive")
     need(0 <= lim.fetch_retries <= 10, "limits.fetch_retries: must be 0..10")
     names: set[str] = set()
-    for index, o in enumerate(s.origins):
+    for index, o in zip(positions or range(len(s.origins)), s.origins, strict=True):
         where = f"origins[{index}] ({o.name})"
         need(bool(o.name), f"{where}.name: must not be empty")
         need(o.name not in names, f"{where}.name: duplicate origin name {o.name!r}")

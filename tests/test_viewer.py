@@ -459,3 +459,15 @@ async def test_placeholder_wait_times_out_with_503(
         return (await client.get("/images/slowpoke")).status == 200
 
     await poll(placeholder_ready)
+
+
+async def test_healthz_503_when_store_unusable(make_client: AppFactory, originals: Path) -> None:
+    """/healthz answers 503 naming the metadata store when the database cannot be used."""
+    client = await make_client([file_origin(originals)])
+    assert (await client.get("/healthz")).status == 200
+    await client.app[STATE].store.close()
+    response = await client.get("/healthz")
+    assert response.status == 503
+    body = await response.json()
+    assert body["status"] == "error"
+    assert "metadata store" in body["failed"]

@@ -34,7 +34,7 @@ class ImageService:
         self.layout = layout
         self._records: LRUCache[str, ImageRecord] = LRUCache(maxsize=50_000)
         self._subscribers: dict[str, set[Subscriber]] = {}
-        self._creating: SingleFlight[str, ImageRecord | None] = SingleFlight()
+        self._starting: SingleFlight[str, ImageRecord | None] = SingleFlight()
         self.on_queued: Callable[[], None] = lambda: None  # the workers' wake-up, set by the app
 
     async def get(self, image_id: str) -> ImageRecord | None:
@@ -50,25 +50,27 @@ class ImageService:
         transiently); a viewer waiting raises the priority of an image already queued.
         None: no origin has it (found out already)."""
         record = await self.get(image_id)
-        if record is None:
-            return await self._create_once(image_id, priority)
-        if record.status == "error" and record.error in RETRYABLE_ERRORS:
-            await self.store.requeue(image_id, priority)
-            self.on_queued()
-            return await self.publish(image_id) or record
+        if record is None or (record.status == "error" and record.error in RETRYABLE_ERRORS):
+            return await self._starting.run(image_id, lambda: self._start(image_id, priority))
         if record.status == "queued" and not record.placeholder and priority == VIEWER:
             await self.store.bump_priority(image_id, priority)
         return record
 
-    async def _create_once(self, image_id: str, priority: int) -> ImageRecord | None:
-        """Many concurrent first views of one ID share a single insert."""
+    async def _start(self, image_id: str, priority: int) -> ImageRecord | None:
+        """Create a cold image, or requeue one whose last pull failed transiently.
 
-        async def create() -> ImageRecord | None:
+        Runs once per ID at a time (many concurrent first views share it), and re-reads the
+        store so that a pull started meanwhile is not started again.
+        """
+        record = await self.store.get_image(image_id)
+        if record is None:
             await self.store.create_image(image_id, priority)
-            self.on_queued()
+        elif record.status == "error" and record.error in RETRYABLE_ERRORS:
+            await self.store.requeue(image_id, priority)
+        else:
             return await self.publish(image_id)
-
-        return await self._creating.run(image_id, create)
+        self.on_queued()
+        return await self.publish(image_id)
 
     async def publish(self, image_id: str) -> ImageRecord | None:
         """Reload an image from the store and tell everyone waiting on it (None: it is gone)."""

@@ -7,6 +7,7 @@ resumed after a crash) are not built again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ async def _fetch(
         if created_by == "view":
             # SPEC §3: an ID no origin has leaves nothing behind.
             await ctx.store.delete_image(image_id)
-            remove(ctx.layout.image_dir(image_id))
+            await asyncio.to_thread(remove, ctx.layout.image_dir(image_id))
             ctx.metrics.inc("imgproxy_origin_errors_total", kind="notFound")
             raise _Vanished(image_id) from exc
         ctx.metrics.inc("imgproxy_origin_errors_total", kind="notFound")
@@ -212,5 +213,6 @@ async def _fetch(
 
 async def _retire(ctx: JobContext, image_id: str, old_version: int) -> None:
     """Remove an old version after a switch (requests already streaming keep their open files)."""
-    remove(ctx.layout.version_dir(image_id, old_version))
     await ctx.store.delete_version(image_id, old_version)
+    # A pyramid has thousands of files: never remove them on the event loop.
+    await asyncio.to_thread(remove, ctx.layout.version_dir(image_id, old_version))
