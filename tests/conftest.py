@@ -106,7 +106,13 @@ def settings_for(tmp_path: Path, origins: list[dict[str, Any]], **sections: Any)
     overrides: dict[str, Any] = {
         "storage": {"dir": str(tmp_path / "data")},
         "processing": {"widths": [320, 640, 960, 1280], "formats": ["webp", "jpg"]},
-        "limits": {"read_timeout": 2.0, "connect_timeout": 2.0, "fetch_retries": 1},
+        # Test origins live on loopback: the address policy is tested on its own.
+        "limits": {
+            "read_timeout": 2.0,
+            "connect_timeout": 2.0,
+            "fetch_retries": 1,
+            "allow_private_networks": True,
+        },
         "server": {"public_url": "http://proxy.test"},
         "origins": origins,
     }

@@ -37,6 +37,7 @@ widths = [320, 640]
 
 [limits]
 read_timeout = 20.0
+allow_private_networks = true
 
 [[origins]]
 name = "web"

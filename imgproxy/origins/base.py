@@ -55,6 +55,12 @@ class Origin(Protocol):
     def open(self, image_id: str) -> AbstractAsyncContextManager[Source]: ...
 
 
+class Listable(Protocol):
+    """An origin that can enumerate its collection (for `imgproxy warm`)."""
+
+    def list_ids(self) -> AsyncIterator[str]: ...
+
+
 class PatternMixin:
     """`accepts()` from `id_pattern` (whole-ID match) and the template+extension expansion."""
 
@@ -71,6 +77,28 @@ class PatternMixin:
 
     def accepts(self, image_id: str) -> bool:
         return self._pattern is None or self._pattern.fullmatch(image_id) is not None
+
+    def id_from_name(self, template: str, name: str) -> str | None:
+        """The ID whose expansion of `template` (+ one of the extensions) is `name`, if any.
+
+        The inverse of `candidates`, used to turn a listing (directory walk, S3 keys, FTP
+        names) into IDs; names that do not fit the template, or give an invalid ID, are None.
+        """
+        from imgproxy.images.ids import is_valid_id  # ids imports nothing from origins
+
+        before, _, after = template.partition("{id}")
+        extensions = self.settings.extensions or ("",)
+        for ext in extensions:
+            suffix = after + ext
+            if (
+                name.startswith(before)
+                and name.endswith(suffix)
+                and len(name) > len(before) + len(suffix)
+            ):
+                image_id = name[len(before) : len(name) - len(suffix)]
+                if is_valid_id(image_id) and self.accepts(image_id):
+                    return image_id
+        return None
 
     def candidates(self, template: str, image_id: str) -> list[str]:
         """The template with {id} filled, then once per configured extension, in order."""

@@ -15,6 +15,7 @@ from imgproxy.cache.disk import atomic_path
 from imgproxy.origins.base import NotFound, Origin, Source, TooLarge, Unavailable
 from imgproxy.origins.file import FileOrigin
 from imgproxy.origins.http import HttpOrigin
+from imgproxy.origins.rest import RestOrigin
 from imgproxy.settings import OriginSettings
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ OriginFactory = Callable[[OriginSettings, aiohttp.ClientSession], Origin]
 FACTORIES: dict[str, OriginFactory] = {
     "file": lambda settings, _session: FileOrigin(settings),
     "http": HttpOrigin,
+    "rest": RestOrigin,
 }
 
 
