@@ -31,7 +31,6 @@ def _labels(labels: Labels) -> str:
 
 
 class Metrics:
-
     def __init__(self) -> None:
         self.counters: defaultdict[str, defaultdict[Labels, float]] = defaultdict(
             lambda: defaultdict(float)
