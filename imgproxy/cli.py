@@ -147,6 +147,37 @@ def _fix_info_json(info: Path, tile_format: str, base_url: str | None) -> None:
     info.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
+def cmd_warm(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from imgproxy.runtime import open_runtime
+    from imgproxy.warm import run_warm
+
+    settings = _settings(args.config)
+
+    def out(text: str) -> None:
+        end = "" if text.startswith("\r") else "\n"
+        print(text, end=end, file=sys.stderr, flush=True)
+
+    lines = None
+    if args.ids == "-":
+        lines = sys.stdin.read().splitlines()
+    elif args.ids:
+        try:
+            lines = Path(args.ids).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            print(f"{args.ids}: cannot read: {exc.strerror}", file=sys.stderr)
+            return 2
+
+    async def warm() -> int:
+        async with open_runtime(settings, workers=args.process) as state:
+            if not args.process:
+                out("queued for the running server's workers (use --process to work here)")
+            return await run_warm(state, args.origin, lines, out)
+
+    return asyncio.run(warm())
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -201,6 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
         "(without it, libvips' placeholder https://example.com/iiif/<stem>)",
     )
     tile.set_defaults(func=cmd_tile)
+
+    warm = sub.add_parser(
+        "warm",
+        help="process a whole origin collection ahead of views",
+        description="List an origin's collection (directory walk, S3 listing, FTP listing; "
+        "http and rest origins take --ids), queue it with bulk priority in the shared durable "
+        "queue and show progress until every image is ready or in error. A running server's "
+        "workers take the jobs; --process runs workers in this command. Resumable: images "
+        "already ready are skipped. Exit 1 when some image ended in error.",
+    )
+    warm.add_argument("-c", "--config", help="TOML configuration file")
+    warm.add_argument("--origin", help="only this origin (default: every listable origin)")
+    warm.add_argument("--ids", help="a file of IDs, one per line ('-' for stdin)")
+    warm.add_argument(
+        "--process", action="store_true", help="run workers in this command (no server needed)"
+    )
+    warm.set_defaults(func=cmd_warm)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -12,6 +12,7 @@ from imgproxy.images.service import ImageService
 from imgproxy.jobs.workers import Workers
 from imgproxy.metadata.store import MetadataStore
 from imgproxy.metrics import Metrics
+from imgproxy.origins.base import Origin
 from imgproxy.processing.pool import ProcessingPool
 from imgproxy.settings import Settings
 
@@ -26,6 +27,7 @@ class AppState:
     renditions: Renditions
     workers: Workers
     metrics: Metrics
+    origins: list[Origin] = field(default_factory=list)
     cache_bytes: int = 0
 
 

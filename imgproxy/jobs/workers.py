@@ -53,6 +53,9 @@ class Workers:
             self.busy += 1
             try:
                 await run_job(self.ctx, job)
+            except Exception:
+                # run_job records failures itself; this is the store failing underneath it.
+                log.exception("worker: job %s failed outside its own error handling", job.image_id)
             except asyncio.CancelledError:
                 # Shutting down mid-job: hand it back so the next start resumes it.
                 with contextlib.suppress(StoreError):

@@ -9,6 +9,11 @@ CREATE TABLE IF NOT EXISTS images (
     building    INTEGER,                  -- the version a running pull builds, NULL when none
     origin      TEXT,                     -- name of the origin that had the ID
     created_by  TEXT NOT NULL DEFAULT 'view', -- 'view' rows vanish when no origin has the ID
+    batch       TEXT,                     -- the `imgproxy warm` run that queued it last
+    org_id      TEXT,                     -- owner, for images created through an API
+    folder_id   TEXT,
+    name        TEXT,
+    source_url  TEXT,                     -- for images added by URL rather than by origin
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL,
     viewed_at   REAL
@@ -38,3 +43,4 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 
 CREATE INDEX IF NOT EXISTS jobs_pick ON jobs (state, priority, seq);
+CREATE INDEX IF NOT EXISTS images_batch ON images (batch) WHERE batch IS NOT NULL;

@@ -28,6 +28,10 @@ ACTIVE_STATUSES = ("queued", "downloading", "processing", "tiling", "storing")
 STAGES = ("placeholder", "display", "zoom")
 
 
+# aiosqlite raises ValueError once its connection thread is gone.
+DB_ERRORS = (sqlite3.Error, ValueError)
+
+
 class StoreError(Exception):
     """The metadata store failed (surfaced to clients as statusUpdateError / 503)."""
 
@@ -132,7 +136,7 @@ class MetadataStore:
             async with self._writer.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs") as cur:
                 row = await cur.fetchone()
             self._seq = int(row[0]) if row else 0
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot open the metadata store {self.path}: {exc}") from exc
 
     async def close(self) -> None:
@@ -166,21 +170,21 @@ class MetadataStore:
                     await db.execute("ROLLBACK")
                     raise
                 await db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except DB_ERRORS as exc:
                 raise StoreError(str(exc)) from exc
 
     async def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> Any:
         try:
             async with self.reader.execute(sql, tuple(params)) as cur:
                 return await cur.fetchone()
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(str(exc)) from exc
 
     async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         try:
             async with self.reader.execute(sql, tuple(params)) as cur:
                 return list(await cur.fetchall())
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StoreError(str(exc)) from exc
 
     async def ping(self) -> None:
@@ -225,6 +229,66 @@ class MetadataStore:
             )
             await self._enqueue(db, image_id, 1, priority)
         return True
+
+    async def enqueue_batch(
+        self, image_ids: list[str], origin: str | None, batch: str, priority: int = BULK
+    ) -> tuple[int, int]:
+        """Queue many images in one transaction (warming); returns (queued, already ready).
+
+        New IDs are created; ones in a retryable or any error state are pulled again; ones
+        already queued or building just join the batch; ready ones are skipped.
+        """
+        now = time.time()
+        queued = ready = 0
+        async with self.transaction() as db:
+            for image_id in image_ids:
+                cur = await db.execute(
+                    "INSERT OR IGNORE INTO images (id, status, version, building, created_by, "
+                    "origin, batch, created_at, updated_at) "
+                    "VALUES (?, 'queued', 1, 1, 'warm', ?, ?, ?, ?)",
+                    (image_id, origin, batch, now, now),
+                )
+                if cur.rowcount:
+                    await db.execute(
+                        "INSERT OR REPLACE INTO versions (image_id, version) VALUES (?, 1)",
+                        (image_id,),
+                    )
+                    await self._enqueue(db, image_id, 1, priority)
+                    queued += 1
+                    continue
+                async with db.execute(
+                    "SELECT status, version, building FROM images WHERE id = ?", (image_id,)
+                ) as c:
+                    row = await c.fetchone()
+                if row is None:
+                    continue
+                status, version, building = row
+                if status == "ready":
+                    ready += 1
+                    continue
+                await db.execute(
+                    "UPDATE images SET batch = ?, updated_at = ? WHERE id = ?",
+                    (batch, now, image_id),
+                )
+                if status == "error":
+                    target = building or version
+                    await db.execute(
+                        "UPDATE images SET status = 'queued', error = NULL, detail = NULL, "
+                        "building = ? WHERE id = ?",
+                        (target, image_id),
+                    )
+                    await self._enqueue(db, image_id, target, priority)
+                queued += 1
+        return queued, ready
+
+    async def batch_counts(self, batch: str) -> dict[str, int]:
+        """How many images of a warm batch are in each status ('error:<code>' for errors)."""
+        rows = await self._fetchall(
+            "SELECT CASE status WHEN 'error' THEN 'error:' || COALESCE(error, 'unknown') "
+            "ELSE status END, COUNT(*) FROM images WHERE batch = ? GROUP BY 1",
+            (batch,),
+        )
+        return {str(k): int(n) for k, n in rows}
 
     async def _enqueue(
         self, db: aiosqlite.Connection, image_id: str, version: int, priority: int

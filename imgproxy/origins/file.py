@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +28,24 @@ class FileOrigin(PatternMixin):
             if path.is_file():
                 return path
         raise NotFound(image_id)
+
+    def _walk(self) -> list[str]:
+        """Every file under root as a relative POSIX path (symlinks out of root skipped)."""
+        names: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                path = Path(dirpath) / filename
+                if path.resolve().is_relative_to(self.root) and path.is_file():
+                    names.append(path.relative_to(self.root).as_posix())
+        return names
+
+    async def list_ids(self) -> AsyncIterator[str]:
+        """The IDs of the collection: a directory walk mapped back through the path template."""
+        for name in await asyncio.to_thread(self._walk):
+            image_id = self.id_from_name(self.settings.path, name)
+            if image_id is not None:
+                yield image_id
 
     @asynccontextmanager
     async def open(self, image_id: str) -> AsyncIterator[Source]:

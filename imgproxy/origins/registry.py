@@ -43,6 +43,18 @@ def build_origins(
     return origins
 
 
+async def close_origins(origins: Sequence[Origin]) -> None:
+    """Close what origins hold open (an S3 client, an FTP pool); errors are only logged."""
+    for origin in origins:
+        closer = getattr(origin, "aclose", None)
+        if closer is None:
+            continue
+        try:
+            await closer()
+        except Exception:
+            log.exception("origin %s did not close cleanly", origin.name)
+
+
 @dataclass(frozen=True)
 class Pulled:
     origin: str

@@ -1,0 +1,73 @@
+"""Opening and closing every long-lived part, for the server and for `imgproxy warm --process`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from imgproxy.cache.disk import remove_temporaries
+from imgproxy.cache.layout import CacheLayout
+from imgproxy.images.renditions import Renditions
+from imgproxy.images.service import ImageService
+from imgproxy.jobs.runner import JobContext
+from imgproxy.jobs.workers import Workers
+from imgproxy.metadata.store import MetadataStore
+from imgproxy.metrics import Metrics
+from imgproxy.origins.fetch import make_session
+from imgproxy.origins.registry import build_origins, close_origins
+from imgproxy.processing.pipeline import configure_vips
+from imgproxy.processing.pool import ProcessingPool
+from imgproxy.settings import Settings
+from imgproxy.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, metrics: Metrics | None = None, workers: bool = True
+) -> AsyncIterator[AppState]:
+    """Store, cache, pool, origins and (optionally) workers, opened in order and closed in reverse."""
+    configure_vips()
+    metrics = metrics or Metrics()
+    layout = CacheLayout(settings.data_dir / "cache")
+    layout.root.mkdir(parents=True, exist_ok=True)
+    store = MetadataStore(settings.data_dir / "imgproxy.sqlite3")
+    await store.open()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(store.close)
+        session = make_session(settings.limits)
+        stack.push_async_callback(session.close)
+        pool = ProcessingPool(settings.processing.workers + 1)
+        stack.push_async_callback(asyncio.to_thread, pool.shutdown)
+        origins = build_origins(settings.origins, session)
+        stack.push_async_callback(close_origins, origins)
+        service = ImageService(settings, store, layout)
+        ctx = JobContext(settings, store, service, layout, pool, origins, metrics)
+        job_workers = Workers(ctx, settings.processing.workers)
+        service.on_queued = job_workers.wake
+        state = AppState(
+            settings=settings,
+            store=store,
+            layout=layout,
+            pool=pool,
+            service=service,
+            renditions=Renditions(settings, store, layout, pool, service),
+            workers=job_workers,
+            metrics=metrics,
+            origins=origins,
+        )
+        if workers:
+            # Only the process that runs workers may clean up after a crash.
+            removed = await asyncio.to_thread(remove_temporaries, layout.root)
+            if removed:
+                log.info("removed %d temporary files left by an earlier run", removed)
+            resumed = await store.resume_orphans()
+            if resumed:
+                log.info("resuming %d jobs interrupted by a crash", len(resumed))
+            job_workers.start()
+            stack.push_async_callback(job_workers.stop)
+        yield state
