@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("pyvips").setLevel(logging.WARNING)
+    # botocore's debug log prints the Authorization header, access key ID included.
+    for noisy in ("botocore", "aiobotocore"):
+        logging.getLogger(noisy).setLevel(logging.INFO)
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -101,20 +101,20 @@ class OriginSettings:
     path: str = "{id}"
     # http, rest
     url: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     pointer: str = ""
     # s3
     bucket: str = ""
     key: str = "{id}"
     region: str = ""
     endpoint_url: str = ""
-    access_key_id: str = ""
-    secret_access_key: str = ""
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
     # ftp
     host: str = ""
     port: int = 21
     user: str = "anonymous"
-    password: str = ""
+    password: str = field(default="", repr=False)
     tls: bool = False
 
     def id_regex(self) -> re.Pattern[str] | None:

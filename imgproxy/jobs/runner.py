@@ -51,7 +51,14 @@ async def run_job(ctx: JobContext, job: Job) -> None:
     image_id = job.image_id
     # CancelledError (shutdown) is not caught: the job stays in the queue and resumes later.
     try:
-        await _build(ctx, job)
+        async with asyncio.timeout(ctx.settings.processing.job_timeout):
+            await _build(ctx, job)
+    except TimeoutError:
+        # The pool thread finishes on its own; the image is marked failed now and a later
+        # view retries (status `unknown` is retryable).
+        limit = ctx.settings.processing.job_timeout
+        log.error("image %s: job took longer than %.0fs; abandoned", image_id, limit)
+        await _fail(ctx, image_id, "unknown", f"processing took longer than {limit:.0f}s")
     except JobFailed as exc:
         log.warning("image %s: %s (%s)", image_id, exc.code, exc.detail)
         ctx.metrics.inc("imgproxy_image_errors_total", kind=exc.code)

@@ -16,6 +16,7 @@ from imgproxy.origins.base import NotFound, Origin, Source, TooLarge, Unavailabl
 from imgproxy.origins.file import FileOrigin
 from imgproxy.origins.http import HttpOrigin
 from imgproxy.origins.rest import RestOrigin
+from imgproxy.origins.s3 import S3Origin
 from imgproxy.settings import OriginSettings
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,12 @@ FACTORIES: dict[str, OriginFactory] = {
     "file": lambda settings, _session: FileOrigin(settings),
     "http": HttpOrigin,
     "rest": RestOrigin,
+    # S3 talks through its own botocore client; it takes the same timeouts as the session.
+    "s3": lambda settings, session: S3Origin(
+        settings,
+        connect_timeout=session.timeout.sock_connect or 5.0,
+        read_timeout=session.timeout.sock_read or 30.0,
+    ),
 }
 
 

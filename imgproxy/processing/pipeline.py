@@ -223,6 +223,8 @@ def build_tiles(
     try:
         dzsave(src, work / "zoom", tile_size, overlap, tile_format, quality, "dz", progress)
         fix_dzi_format(work / "zoom.dzi", tile_format)
+        # libvips leaves its metadata dump in the tree whatever `keep` says; nobody serves it.
+        (work / "zoom_files" / "vips-properties.xml").unlink(missing_ok=True)
         final_tiles = version_dir / "zoom_files"
         remove(final_tiles)
         os.replace(work / "zoom_files", final_tiles)
