@@ -20,7 +20,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from moto.server import ThreadedMotoServer
 
-from imgproxy.origins import registry
 from imgproxy.origins.base import NotFound, Unavailable
 from imgproxy.origins.s3 import S3Origin
 from imgproxy.settings import OriginSettings, load_settings
@@ -376,19 +375,9 @@ async def test_app_serves_an_image_that_exists_only_in_s3(
 
 
 @pytest.fixture
-async def s3_origin_app(
-    s3: Any, endpoint: str, monkeypatch: pytest.MonkeyPatch, make_client: AppFactory
-) -> AsyncIterator[Any]:
+async def s3_origin_app(s3: Any, endpoint: str, make_client: AppFactory) -> AsyncIterator[Any]:
     """The real app whose only origin is an S3 bucket holding one 1000x600 JPEG."""
     bucket = new_bucket(s3, {"images/s3only.jpg": make_image(1000, 600)})
-    made: list[S3Origin] = []
-    if "s3" not in registry.FACTORIES:
-        # Temporary stand-in until registry.FACTORIES has an "s3" entry of its own.
-        def factory(settings: OriginSettings, _session: Any) -> S3Origin:
-            made.append(S3Origin(settings, connect_timeout=2.0, read_timeout=2.0))
-            return made[-1]
-
-        monkeypatch.setitem(registry.FACTORIES, "s3", factory)
     table = {
         "name": "bucket",
         "type": "s3",
@@ -402,9 +391,7 @@ async def s3_origin_app(
     }
     client = await make_client([table])
     yield client
-    await client.close()  # stop the app (and its workers) before closing the origins
-    for origin in made:
-        await origin.aclose()
+    await client.close()
 
 
 def iam_client(endpoint: str) -> Any:
