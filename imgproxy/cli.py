@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("pyvips").setLevel(logging.WARNING)
     # botocore's debug log prints the Authorization header, access key ID included.
-    for noisy in ("botocore", "aiobotocore"):
+    # aioftp logs the user name at debug level.
+    for noisy in ("botocore", "aiobotocore", "aioftp"):
         logging.getLogger(noisy).setLevel(logging.INFO)
     try:
         code: int = args.func(args)

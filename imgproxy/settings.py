@@ -117,9 +117,26 @@ class OriginSettings:
     password: str = field(default="", repr=False)
     tls: bool = False
 
+    def __repr__(self) -> str:
+        """Type, name and where it points, without credentials (URLs lose user info and query)."""
+        where = {
+            "file": self.root,
+            "http": _redact_url(self.url),
+            "rest": _redact_url(self.url),
+            "s3": f"s3://{self.bucket}/{self.key}",
+            "ftp": f"ftp://{self.host}:{self.port}/{self.path}",
+        }.get(self.type, "")
+        return f"OriginSettings(name={self.name!r}, type={self.type!r}, at={where!r})"
+
     def id_regex(self) -> re.Pattern[str] | None:
         """The compiled `id_pattern` (validated at load time)."""
         return re.compile(self.id_pattern) if self.id_pattern else None
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}{parts.path}"
 
 
 # Keys each origin type takes besides name, type, id_pattern and extensions.

@@ -132,6 +132,8 @@ async def open_url(
         raise Unavailable(f"{shown}: refused: {exc}", transient=False) from exc
     except aiohttp.InvalidURL as exc:
         raise Unavailable(f"{shown}: refused: invalid URL or address", transient=False) from exc
+    except ValueError as exc:  # aiohttp's checks of a request it will not send
+        raise Unavailable(f"{shown}: invalid request: {exc}", transient=False) from exc
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise Unavailable(f"{shown}: {_describe(exc)}") from exc
 

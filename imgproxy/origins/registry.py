@@ -14,6 +14,7 @@ import aiohttp
 from imgproxy.cache.disk import atomic_path
 from imgproxy.origins.base import NotFound, Origin, Source, TooLarge, Unavailable
 from imgproxy.origins.file import FileOrigin
+from imgproxy.origins.ftp import FtpOrigin
 from imgproxy.origins.http import HttpOrigin
 from imgproxy.origins.rest import RestOrigin
 from imgproxy.origins.s3 import S3Origin
@@ -30,6 +31,11 @@ FACTORIES: dict[str, OriginFactory] = {
     "rest": RestOrigin,
     # S3 talks through its own botocore client; it takes the same timeouts as the session.
     "s3": lambda settings, session: S3Origin(
+        settings,
+        connect_timeout=session.timeout.sock_connect or 5.0,
+        read_timeout=session.timeout.sock_read or 30.0,
+    ),
+    "ftp": lambda settings, session: FtpOrigin(
         settings,
         connect_timeout=session.timeout.sock_connect or 5.0,
         read_timeout=session.timeout.sock_read or 30.0,

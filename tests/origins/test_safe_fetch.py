@@ -21,7 +21,8 @@ from imgproxy.origins.base import TooLarge, Unavailable
 from imgproxy.origins.fetch import make_session, open_url
 from imgproxy.origins.safety import AddressPolicy, is_public, parse_ip
 from imgproxy.settings import LimitsSettings
-from tests.conftest import make_image
+from imgproxy.state import STATE
+from tests.conftest import FakeOrigin, make_image, wait_ready
 
 
 class Sentinel:
@@ -297,3 +298,44 @@ def test_policy_networks_and_hosts() -> None:
     assert policy.allows("other", "::ffff:10.1.2.3")
     assert not policy.allows("other", "10.2.0.1")
     assert not policy.allows("other", "not-an-ip")
+
+
+async def test_app_refuses_private_origin_and_stays_healthy(
+    make_client: Any, sentinel: Sentinel
+) -> None:
+    """An http origin pointing at loopback, without allow_private_networks, ends in uploadError."""
+    client = await make_client(
+        [{"name": "web", "type": "http", "url": f"http://127.0.0.1:{sentinel.port}/{{id}}"}],
+        limits={"allow_private_networks": False},
+    )
+    info = await wait_ready(client, "inside")
+    assert (info["status"], info["error"]) == ("error", "uploadError")
+    assert "refused" in info["reason"]
+    assert sentinel.connections == 0
+    assert (await client.get("/healthz")).status == 200
+
+
+@pytest.mark.parametrize("where", ["url", "headers", "both"])
+async def test_credentials_never_leak(
+    make_client: Any, origin_server: FakeOrigin, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    """Origin headers and URL credentials/tokens appear in no log line, info.json or /metrics."""
+    origin_server.modes["leaky"] = "500"
+    origin: dict[str, Any] = {"name": "web", "type": "http", "url": origin_server.url + "{id}"}
+    if where in ("url", "both"):
+        origin["url"] = (
+            origin_server.url.replace("http://", "http://user:hunter2@") + "{id}?token=hunter2"
+        )
+    if where in ("headers", "both"):
+        origin["headers"] = {"Authorization": "Bearer hunter2", "X-Key": "hunter2"}
+    client = await make_client([origin])
+    info = await wait_ready(client, "leaky")
+    assert info["error"] == "uploadError"
+    texts = [
+        caplog.text,
+        await (await client.get("/images/leaky/info.json")).text(),
+        await (await client.get("/metrics")).text(),
+        repr(client.app[STATE].settings),
+    ]
+    for text in texts:
+        assert "hunter2" not in text
