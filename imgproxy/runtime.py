@@ -12,12 +12,15 @@ from imgproxy.cache.disk import remove_temporaries
 from imgproxy.cache.layout import CacheLayout
 from imgproxy.images.renditions import Renditions
 from imgproxy.images.service import ImageService
-from imgproxy.jobs.runner import JobContext
+from imgproxy.jobs.runner import JobContext, retire_version
 from imgproxy.jobs.workers import Workers
+from imgproxy.metadata.accounts import Accounts
+from imgproxy.metadata.catalog import Catalog
 from imgproxy.metadata.store import MetadataStore
 from imgproxy.metrics import Metrics
 from imgproxy.origins.fetch import make_session
 from imgproxy.origins.registry import build_origins, close_origins
+from imgproxy.origins.sources import SourceFetcher
 from imgproxy.processing.pipeline import configure_vips
 from imgproxy.processing.pool import ProcessingPool
 from imgproxy.settings import Settings
@@ -45,10 +48,22 @@ async def open_runtime(
         stack.push_async_callback(asyncio.to_thread, pool.shutdown)
         origins = build_origins(settings.origins, session)
         stack.push_async_callback(close_origins, origins)
+        fetcher = SourceFetcher(session, settings.limits, settings.origins)
+        stack.push_async_callback(fetcher.aclose)
         service = ImageService(settings, store, layout)
-        ctx = JobContext(settings, store, service, layout, pool, origins, metrics)
+        ctx = JobContext(settings, store, service, layout, pool, origins, metrics, fetcher)
         job_workers = Workers(ctx, settings.processing.workers)
         service.on_queued = job_workers.wake
+        ctx.on_released = job_workers.wake
+        retiring: set[asyncio.Task[None]] = set()
+
+        def retire(image_id: str, version: int) -> None:
+            task = asyncio.create_task(retire_version(ctx, image_id, version))
+            retiring.add(task)
+            task.add_done_callback(retiring.discard)
+
+        ctx.retire = retire
+        stack.push_async_callback(_cancel_all, retiring)
         state = AppState(
             settings=settings,
             store=store,
@@ -59,6 +74,9 @@ async def open_runtime(
             workers=job_workers,
             metrics=metrics,
             origins=origins,
+            job_context=ctx,
+            accounts=Accounts(store),
+            catalog=Catalog(store),
         )
         if workers:
             # Only the process that runs workers may clean up after a crash.
@@ -71,3 +89,11 @@ async def open_runtime(
             job_workers.start()
             stack.push_async_callback(job_workers.stop)
         yield state
+
+
+async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:
+    for task in list(tasks):
+        task.cancel()
+    for task in list(tasks):
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from imgproxy.cache.layout import CacheLayout
 from imgproxy.images.renditions import Renditions
 from imgproxy.images.service import ImageService
+from imgproxy.jobs.runner import JobContext
 from imgproxy.jobs.workers import Workers
+from imgproxy.metadata.accounts import Accounts
+from imgproxy.metadata.catalog import Catalog
 from imgproxy.metadata.store import MetadataStore
 from imgproxy.metrics import Metrics
 from imgproxy.origins.base import Origin
@@ -27,7 +30,10 @@ class AppState:
     renditions: Renditions
     workers: Workers
     metrics: Metrics
-    origins: list[Origin] = field(default_factory=list)
+    origins: list[Origin]
+    job_context: JobContext
+    accounts: Accounts
+    catalog: Catalog
     cache_bytes: int = 0
 
 

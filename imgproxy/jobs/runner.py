@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,15 +18,19 @@ from imgproxy.cache.disk import remove
 from imgproxy.cache.layout import CacheLayout
 from imgproxy.images.negotiation import rendition_formats, rendition_widths
 from imgproxy.images.service import ImageService
-from imgproxy.metadata.store import Job, MetadataStore, StoreError
+from imgproxy.metadata.store import ImageRecord, Job, MetadataStore, StoreError
 from imgproxy.metrics import Metrics
 from imgproxy.origins.base import NotFound, Origin, TooLarge, Unavailable
-from imgproxy.origins.registry import pull
+from imgproxy.origins.registry import pull, pull_url
+from imgproxy.origins.sources import SourceFetcher
 from imgproxy.processing import pipeline
 from imgproxy.processing.pool import ProcessingPool
 from imgproxy.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+RETIRE_GRACE = 60.0  # seconds an old version's files outlive the switch
 
 
 @dataclass
@@ -37,6 +42,10 @@ class JobContext:
     pool: ProcessingPool
     origins: list[Origin]
     metrics: Metrics
+    fetcher: SourceFetcher
+    # Set by the runtime: wake the workers, and schedule an old version's removal.
+    on_released: Callable[[], None] = lambda: None
+    retire: Callable[[str, int], None] = lambda image_id, version: None
 
 
 class JobFailed(Exception):
@@ -46,13 +55,24 @@ class JobFailed(Exception):
         self.detail = detail
 
 
-async def run_job(ctx: JobContext, job: Job) -> None:
-    """Run a claimed job to `ready` or `error`, then drop it from the queue."""
+Admit = Callable[[int, int, int], bool]  # (bytes, width, height) -> build here and now?
+
+
+async def run_job(
+    ctx: JobContext, job: Job, admit: Admit | None = None, through: str = "zoom"
+) -> str:
+    """Run a claimed job and settle it in the queue; returns what happened.
+
+    "done": ready, or ended in error (the job is removed either way). "deferred": `admit`
+    refused after the fetch, or "partial": built `through` "display" only; in both the job
+    goes back to the queue for a worker to finish (the fetched original is reused).
+    CancelledError (shutdown) is not caught: the job stays queued and resumes later.
+    """
     image_id = job.image_id
-    # CancelledError (shutdown) is not caught: the job stays in the queue and resumes later.
+    outcome = "done"
     try:
         async with asyncio.timeout(ctx.settings.processing.job_timeout):
-            await _build(ctx, job)
+            outcome = await _build(ctx, job, admit, through)
     except TimeoutError:
         # The pool thread finishes on its own; the image is marked failed now and a later
         # view retries (status `unknown` is retryable).
@@ -72,10 +92,15 @@ async def run_job(ctx: JobContext, job: Job) -> None:
         log.exception("image %s: unexpected failure", image_id)
         await _fail(ctx, image_id, "unknown", "internal error while processing")
     try:
-        await ctx.store.finish_job(image_id)
+        if outcome == "done":
+            await ctx.store.finish_job(image_id)
+        else:
+            await ctx.store.release_job(image_id)
+            ctx.on_released()
     except StoreError as exc:
-        log.error("image %s: cannot remove finished job: %s", image_id, exc)
+        log.error("image %s: cannot settle its job: %s", image_id, exc)
     await ctx.service.publish(image_id)
+    return outcome
 
 
 class _Vanished(Exception):
@@ -94,12 +119,12 @@ async def _status(ctx: JobContext, image_id: str, status: str, origin: str | Non
     await ctx.service.publish(image_id)
 
 
-async def _build(ctx: JobContext, job: Job) -> None:
+async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -> str:
     store, layout, pool, settings = ctx.store, ctx.layout, ctx.pool, ctx.settings
     image_id, version = job.image_id, job.version
     record = await store.get_image(image_id)
     if record is None:
-        return
+        return "done"
     served = record.version
     current = await store.get_version(image_id, version)
     original = layout.original(image_id)
@@ -108,7 +133,7 @@ async def _build(ctx: JobContext, job: Job) -> None:
     # fetch: a new version always pulls again; a resumed one reuses a complete original.
     if current is None or current.width is None or not original.exists():
         await _status(ctx, image_id, "downloading")
-        await _fetch(ctx, image_id, original, record.origin, record.created_by)
+        await _fetch(ctx, record, original)
         ctx.metrics.observe("imgproxy_stage_seconds", time.monotonic() - started, stage="download")
         try:
             info = await pool.run(pipeline.probe, original, settings.limits.max_pixels)
@@ -117,6 +142,10 @@ async def _build(ctx: JobContext, job: Job) -> None:
         await store.set_size(image_id, version, info.width, info.height, info.has_alpha)
         current = await store.get_version(image_id, version)
         assert current is not None and current.width is not None
+    if admit is not None and current.height is not None:
+        size = original.stat().st_size
+        if not admit(size, current.width, current.height):
+            return "deferred"
     await _status(ctx, image_id, "processing")
     width, has_alpha = current.width, current.has_alpha
     assert width is not None
@@ -154,7 +183,9 @@ async def _build(ctx: JobContext, job: Job) -> None:
             await store.set_stage(image_id, version, "display", switch=True)
             await ctx.service.publish(image_id)
             if is_new_version:
-                await _retire(ctx, image_id, served)
+                ctx.retire(image_id, served)
+        if through == "display":
+            return "partial"
 
         if not (current.zoom and layout.dzi(image_id, version).exists()):
             await _status(ctx, image_id, "tiling")
@@ -178,6 +209,7 @@ async def _build(ctx: JobContext, job: Job) -> None:
     await store.set_status(image_id, "ready")
     ctx.metrics.observe("imgproxy_stage_seconds", time.monotonic() - started, stage="total")
     log.info("image %s v%d ready in %.2fs", image_id, version, time.monotonic() - started)
+    return "done"
 
 
 def _renditions_exist(
@@ -186,28 +218,35 @@ def _renditions_exist(
     return all(layout.rendition(image_id, version, w, f).exists() for w in widths for f in formats)
 
 
-async def _fetch(
-    ctx: JobContext, image_id: str, original: Path, origin: str | None, created_by: str
-) -> None:
+async def _fetch(ctx: JobContext, record: ImageRecord, original: Path) -> None:
     limits = ctx.settings.limits
+    image_id = record.id
     try:
-        pulled = await pull(
-            ctx.origins,
-            image_id,
-            original,
-            limits.max_source_bytes,
-            retries=limits.fetch_retries,
-            only_origin=origin,
-        )
+        if record.source_url:
+            pulled = await pull_url(
+                ctx.fetcher,
+                record.source_url,
+                original,
+                limits.max_source_bytes,
+                retries=limits.fetch_retries,
+            )
+        else:
+            pulled = await pull(
+                ctx.origins,
+                image_id,
+                original,
+                limits.max_source_bytes,
+                retries=limits.fetch_retries,
+                only_origin=record.origin,
+            )
     except NotFound as exc:
-        if created_by == "view":
+        ctx.metrics.inc("imgproxy_origin_errors_total", kind="notFound")
+        if record.created_by == "view":
             # SPEC §3: an ID no origin has leaves nothing behind.
             await ctx.store.delete_image(image_id)
             await asyncio.to_thread(remove, ctx.layout.image_dir(image_id))
-            ctx.metrics.inc("imgproxy_origin_errors_total", kind="notFound")
             raise _Vanished(image_id) from exc
-        ctx.metrics.inc("imgproxy_origin_errors_total", kind="notFound")
-        raise JobFailed("originalNotFound", "no origin has this image") from exc
+        raise JobFailed("originalNotFound", "the original was not found") from exc
     except TooLarge as exc:
         ctx.metrics.inc("imgproxy_origin_errors_total", kind="tooLarge")
         raise JobFailed("invalidImage", str(exc)) from exc
@@ -215,11 +254,14 @@ async def _fetch(
         ctx.metrics.inc("imgproxy_origin_errors_total", kind="unavailable")
         raise JobFailed("uploadError", str(exc)) from exc
     ctx.metrics.inc("imgproxy_origin_fetches_total", origin=pulled.origin)
-    await ctx.store.set_status(image_id, "downloading", origin=pulled.origin)
+    origin = None if record.source_url else pulled.origin
+    await ctx.store.set_status(image_id, "downloading", origin=origin)
 
 
-async def _retire(ctx: JobContext, image_id: str, old_version: int) -> None:
-    """Remove an old version after a switch (requests already streaming keep their open files)."""
+async def retire_version(ctx: JobContext, image_id: str, old_version: int) -> None:
+    """Remove an old version after a switch, once a grace period has passed: clients that read
+    the old info.json a moment ago still get its versioned files."""
     await ctx.store.delete_version(image_id, old_version)
+    await asyncio.sleep(RETIRE_GRACE)
     # A pyramid has thousands of files: never remove them on the event loop.
     await asyncio.to_thread(remove, ctx.layout.version_dir(image_id, old_version))

@@ -44,3 +44,22 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 CREATE INDEX IF NOT EXISTS jobs_pick ON jobs (state, priority, seq);
 CREATE INDEX IF NOT EXISTS images_batch ON images (batch) WHERE batch IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS orgs (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    key_hash    TEXT NOT NULL,            -- sha256 of the key's secret part; the key is never stored
+    root_folder TEXT NOT NULL,
+    created_at  REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS folders (
+    id          TEXT PRIMARY KEY,         -- 6 characters
+    org_id      TEXT NOT NULL,
+    parent_id   TEXT,
+    name        TEXT NOT NULL,
+    type        TEXT NOT NULL,            -- folder|album|space
+    created_at  REAL NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS images_folder ON images (folder_id) WHERE folder_id IS NOT NULL;

@@ -56,6 +56,10 @@ class ImageRecord:
     placeholder: bool
     display: bool
     zoom: bool
+    org_id: str | None = None
+    folder_id: str | None = None
+    name: str | None = None
+    source_url: str | None = None
 
     @property
     def active(self) -> bool:
@@ -85,9 +89,17 @@ class Job:
 _IMAGE_SELECT = """
 SELECT i.id, i.status, i.error, i.detail, i.version, i.building, i.origin, i.created_by,
        i.created_at, i.updated_at, v.width, v.height, COALESCE(v.has_alpha, 0),
-       COALESCE(v.placeholder, 0), COALESCE(v.display, 0), COALESCE(v.zoom, 0)
+       COALESCE(v.placeholder, 0), COALESCE(v.display, 0), COALESCE(v.zoom, 0),
+       i.org_id, i.folder_id, i.name, i.source_url
 FROM images i LEFT JOIN versions v ON v.image_id = i.id AND v.version = i.version
 """
+
+
+IMAGE_SELECT = _IMAGE_SELECT
+
+
+def image_from_row(row: Any) -> ImageRecord:
+    return _image(row)
 
 
 def _image(row: Any) -> ImageRecord:
@@ -108,6 +120,10 @@ def _image(row: Any) -> ImageRecord:
         placeholder=bool(row[13]),
         display=bool(row[14]),
         zoom=bool(row[15]),
+        org_id=row[16],
+        folder_id=row[17],
+        name=row[18],
+        source_url=row[19],
     )
 
 
@@ -173,14 +189,14 @@ class MetadataStore:
             except DB_ERRORS as exc:
                 raise StoreError(str(exc)) from exc
 
-    async def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> Any:
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> Any:
         try:
             async with self.reader.execute(sql, tuple(params)) as cur:
                 return await cur.fetchone()
         except DB_ERRORS as exc:
             raise StoreError(str(exc)) from exc
 
-    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         try:
             async with self.reader.execute(sql, tuple(params)) as cur:
                 return list(await cur.fetchall())
@@ -189,16 +205,16 @@ class MetadataStore:
 
     async def ping(self) -> None:
         """Raise StoreError unless the database answers."""
-        await self._fetchone("SELECT 1")
+        await self.fetchone("SELECT 1")
 
     # -- images ----------------------------------------------------------------------------
 
     async def get_image(self, image_id: str) -> ImageRecord | None:
-        row = await self._fetchone(_IMAGE_SELECT + " WHERE i.id = ?", (image_id,))
+        row = await self.fetchone(_IMAGE_SELECT + " WHERE i.id = ?", (image_id,))
         return _image(row) if row else None
 
     async def get_version(self, image_id: str, version: int) -> VersionRecord | None:
-        row = await self._fetchone(
+        row = await self.fetchone(
             "SELECT image_id, version, width, height, has_alpha, placeholder, display, zoom "
             "FROM versions WHERE image_id = ? AND version = ?",
             (image_id, version),
@@ -213,21 +229,38 @@ class MetadataStore:
         self._seq += 1
         return self._seq
 
-    async def create_image(self, image_id: str, priority: int, created_by: str = "view") -> bool:
+    async def create_image(
+        self, image_id: str, priority: int, created_by: str = "view", org_id: str | None = None
+    ) -> bool:
         """Insert a new image (version 1) with its job; False when the ID exists already."""
-        now = time.time()
         async with self.transaction() as db:
-            cur = await db.execute(
-                "INSERT OR IGNORE INTO images (id, status, version, building, created_by, "
-                "created_at, updated_at) VALUES (?, 'queued', 1, 1, ?, ?, ?)",
-                (image_id, created_by, now, now),
-            )
-            if cur.rowcount == 0:
-                return False
-            await db.execute(
-                "INSERT OR REPLACE INTO versions (image_id, version) VALUES (?, 1)", (image_id,)
-            )
-            await self._enqueue(db, image_id, 1, priority)
+            return await self.create_in(db, image_id, priority, created_by, org_id=org_id)
+
+    async def create_in(
+        self,
+        db: aiosqlite.Connection,
+        image_id: str,
+        priority: int,
+        created_by: str,
+        org_id: str | None = None,
+        folder_id: str | None = None,
+        name: str | None = None,
+        source_url: str | None = None,
+    ) -> bool:
+        """Insert an image, its version 1 and its job inside the caller's transaction."""
+        now = time.time()
+        cur = await db.execute(
+            "INSERT OR IGNORE INTO images (id, status, version, building, created_by, org_id, "
+            "folder_id, name, source_url, created_at, updated_at) "
+            "VALUES (?, 'queued', 1, 1, ?, ?, ?, ?, ?, ?, ?)",
+            (image_id, created_by, org_id, folder_id, name, source_url, now, now),
+        )
+        if cur.rowcount == 0:
+            return False
+        await db.execute(
+            "INSERT OR REPLACE INTO versions (image_id, version) VALUES (?, 1)", (image_id,)
+        )
+        await self.enqueue_in(db, image_id, 1, priority)
         return True
 
     async def enqueue_batch(
@@ -253,7 +286,7 @@ class MetadataStore:
                         "INSERT OR REPLACE INTO versions (image_id, version) VALUES (?, 1)",
                         (image_id,),
                     )
-                    await self._enqueue(db, image_id, 1, priority)
+                    await self.enqueue_in(db, image_id, 1, priority)
                     queued += 1
                     continue
                 async with db.execute(
@@ -277,20 +310,20 @@ class MetadataStore:
                         "building = ? WHERE id = ?",
                         (target, image_id),
                     )
-                    await self._enqueue(db, image_id, target, priority)
+                    await self.enqueue_in(db, image_id, target, priority)
                 queued += 1
         return queued, ready
 
     async def batch_counts(self, batch: str) -> dict[str, int]:
         """How many images of a warm batch are in each status ('error:<code>' for errors)."""
-        rows = await self._fetchall(
+        rows = await self.fetchall(
             "SELECT CASE status WHEN 'error' THEN 'error:' || COALESCE(error, 'unknown') "
             "ELSE status END, COUNT(*) FROM images WHERE batch = ? GROUP BY 1",
             (batch,),
         )
         return {str(k): int(n) for k, n in rows}
 
-    async def _enqueue(
+    async def enqueue_in(
         self, db: aiosqlite.Connection, image_id: str, version: int, priority: int
     ) -> None:
         # Re-announcing an image never lowers its priority, and never resets a running job.
@@ -326,7 +359,7 @@ class MetadataStore:
                 "updated_at = ? WHERE id = ?",
                 (target, now, image_id),
             )
-            await self._enqueue(db, image_id, target, priority)
+            await self.enqueue_in(db, image_id, target, priority)
         return target
 
     async def bump_priority(self, image_id: str, priority: int) -> None:
@@ -411,7 +444,7 @@ class MetadataStore:
             )
 
     async def count_images(self) -> int:
-        row = await self._fetchone("SELECT COUNT(*) FROM images")
+        row = await self.fetchone("SELECT COUNT(*) FROM images")
         return int(row[0])
 
     # -- jobs ------------------------------------------------------------------------------
@@ -443,12 +476,12 @@ class MetadataStore:
             )
 
     async def queue_depth(self) -> int:
-        row = await self._fetchone("SELECT COUNT(*) FROM jobs")
+        row = await self.fetchone("SELECT COUNT(*) FROM jobs")
         return int(row[0])
 
     async def resume_orphans(self) -> list[str]:
         """Requeue jobs whose owning process is gone (a crash or kill -9); returns their image IDs."""
-        rows = await self._fetchall("SELECT image_id, owner FROM jobs WHERE state = 'running'")
+        rows = await self.fetchall("SELECT image_id, owner FROM jobs WHERE state = 'running'")
         orphans = [image_id for image_id, owner in rows if not _alive(owner)]
         if orphans:
             async with self.transaction() as db:

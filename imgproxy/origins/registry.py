@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shutil
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from imgproxy.origins.ftp import FtpOrigin
 from imgproxy.origins.http import HttpOrigin
 from imgproxy.origins.rest import RestOrigin
 from imgproxy.origins.s3 import S3Origin
+from imgproxy.origins.sources import SourceFetcher
 from imgproxy.settings import OriginSettings
 
 log = logging.getLogger(__name__)
@@ -95,19 +98,55 @@ async def pull(
             o for o in origins if o.name == only_origin
         ]
     for origin in candidates:
-        for attempt in range(retries + 1):
-            try:
-                async with origin.open(image_id) as source:
-                    size = await _save(source, dest, max_bytes)
-                return Pulled(origin.name, source.location, size)
-            except NotFound:
-                break
-            except Unavailable as exc:
-                if not exc.transient or attempt == retries:
-                    raise
-                log.warning("origin %s: %s; retry %d of %d", origin.name, exc, attempt + 1, retries)
-                await asyncio.sleep(backoff * 2**attempt)
+        try:
+            location, size = await _pull_retrying(
+                functools.partial(origin.open, image_id),
+                dest,
+                max_bytes,
+                retries,
+                backoff,
+                origin.name,
+            )
+        except NotFound:
+            continue
+        return Pulled(origin.name, location, size)
     raise NotFound(image_id)
+
+
+async def pull_url(
+    fetcher: SourceFetcher,
+    url: str,
+    dest: Path,
+    max_bytes: int,
+    retries: int = 2,
+    backoff: float = 0.5,
+) -> Pulled:
+    """Fetch an API-added image from its sourceUrl into `dest`, with the same retries and limits."""
+    location, size = await _pull_retrying(
+        lambda: fetcher.open(url), dest, max_bytes, retries, backoff, "sourceUrl"
+    )
+    return Pulled("sourceUrl", location, size)
+
+
+async def _pull_retrying(
+    opener: Callable[[], AbstractAsyncContextManager[Source]],
+    dest: Path,
+    max_bytes: int,
+    retries: int,
+    backoff: float,
+    label: str,
+) -> tuple[str, int]:
+    for attempt in range(retries + 1):
+        try:
+            async with opener() as source:
+                size = await _save(source, dest, max_bytes)
+            return source.location, size
+        except Unavailable as exc:
+            if not exc.transient or attempt == retries:
+                raise
+            log.warning("%s: %s; retry %d of %d", label, exc, attempt + 1, retries)
+            await asyncio.sleep(backoff * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 async def _save(source: Source, dest: Path, max_bytes: int) -> int:
