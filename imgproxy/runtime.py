@@ -44,7 +44,8 @@ async def open_runtime(
         stack.push_async_callback(store.close)
         session = make_session(settings.limits)
         stack.push_async_callback(session.close)
-        pool = ProcessingPool(settings.processing.workers + 1)
+        # workers + the express worker + one for renditions built on request
+        pool = ProcessingPool(settings.processing.workers + 2)
         stack.push_async_callback(asyncio.to_thread, pool.shutdown)
         origins = build_origins(settings.origins, session)
         stack.push_async_callback(close_origins, origins)

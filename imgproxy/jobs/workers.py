@@ -1,4 +1,6 @@
-"""Workers: `processing.workers` tasks taking jobs from the durable queue, most urgent first."""
+"""Workers: `processing.workers` tasks taking jobs from the durable queue, most urgent first,
+plus one express worker that only takes jobs a viewer is waiting for: a cold view gets its
+placeholder promptly even while every regular worker is busy with a long bulk job."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import contextlib
 import logging
 
 from imgproxy.jobs.runner import JobContext, run_job
-from imgproxy.metadata.store import StoreError
+from imgproxy.metadata.store import BULK, VIEWER, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,9 @@ class Workers:
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._loop(), name=f"worker-{i}") for i in range(self.count)
+            asyncio.create_task(self._loop(BULK), name=f"worker-{i}") for i in range(self.count)
         ]
+        self._tasks.append(asyncio.create_task(self._loop(VIEWER), name="worker-express"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -38,11 +41,11 @@ class Workers:
                 await task
         self._tasks = []
 
-    async def _loop(self) -> None:
+    async def _loop(self, max_priority: int) -> None:
         while True:
             self._wake.clear()  # before claiming, so a job queued meanwhile wakes us
             try:
-                job = await self.ctx.store.claim_job()
+                job = await self.ctx.store.claim_job(max_priority)
             except StoreError as exc:
                 log.error("cannot read the job queue: %s", exc)
                 job = None

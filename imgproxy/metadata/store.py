@@ -449,16 +449,22 @@ class MetadataStore:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    async def claim_job(self) -> Job | None:
-        """Take the most urgent queued job for this process (atomic across processes)."""
+    async def claim_job(self, max_priority: int = BULK, image_id: str | None = None) -> Job | None:
+        """Take the most urgent queued job (of at most `max_priority`, or for one image) for this
+        process; atomic across processes."""
+        where = "state = 'queued' AND priority <= ?"
+        params: tuple[Any, ...] = (os.getpid(), max_priority)
+        if image_id is not None:
+            where += " AND image_id = ?"
+            params += (image_id,)
         async with (
             self.transaction() as db,
             db.execute(
                 "UPDATE jobs SET state = 'running', owner = ?, attempts = attempts + 1 "
-                "WHERE image_id = (SELECT image_id FROM jobs WHERE state = 'queued' "
+                f"WHERE image_id = (SELECT image_id FROM jobs WHERE {where} "
                 "ORDER BY priority, seq LIMIT 1) "
                 "RETURNING image_id, version, priority, attempts",
-                (os.getpid(),),
+                params,
             ) as cur,
         ):
             row = await cur.fetchone()
