@@ -178,6 +178,63 @@ def cmd_warm(args: argparse.Namespace) -> int:
     return asyncio.run(warm())
 
 
+def cmd_org(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import orjson
+
+    from imgproxy.metadata.accounts import Accounts
+    from imgproxy.metadata.store import MetadataStore
+
+    settings = load_settings(args.config) if args.config else _demo_data_settings()
+
+    async def run() -> int:
+        store = MetadataStore(settings.data_dir / "imgproxy.sqlite3")
+        await store.open()
+        try:
+            accounts = Accounts(store)
+            if args.org_command == "create":
+                made = await accounts.create_organisation(args.name)
+                print(
+                    orjson.dumps(
+                        {
+                            "organisationId": made.organisation.id,
+                            "apiKey": made.api_key,
+                            "rootFolderId": made.organisation.root_folder,
+                        }
+                    ).decode()
+                )
+            elif args.org_command == "list":
+                for org in await accounts.list_organisations():
+                    print(
+                        orjson.dumps(
+                            {
+                                "organisationId": org.id,
+                                "name": org.name,
+                                "rootFolderId": org.root_folder,
+                            }
+                        ).decode()
+                    )
+            else:
+                key = await accounts.rotate_key(args.id)
+                if key is None:
+                    print(f"no organisation {args.id!r}", file=sys.stderr)
+                    return 1
+                print(orjson.dumps({"organisationId": args.id, "apiKey": key}).decode())
+        finally:
+            await store.close()
+        return 0
+
+    return asyncio.run(run())
+
+
+def _demo_data_settings() -> Settings:
+    """Without -c: the data directory `serve` would use for the demo (no images generated)."""
+    from imgproxy.demo import demo_settings
+
+    return demo_settings(os.environ.get("IMGPROXY_STORAGE__DIR", "./var"))
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -249,6 +306,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--process", action="store_true", help="run workers in this command (no server needed)"
     )
     warm.set_defaults(func=cmd_warm)
+
+    org = sub.add_parser(
+        "org",
+        help="manage organisations and their API keys",
+        description="Organisations own the images created through the hook, management and "
+        "store APIs. A key is shown once (only its hash is stored); it works at once, also "
+        "for a server already running.",
+    )
+    org_sub = org.add_subparsers(dest="org_command", required=True)
+    org_create = org_sub.add_parser(
+        "create", help='create one; prints {"organisationId", "apiKey", "rootFolderId"}'
+    )
+    org_create.add_argument("name")
+    org_list = org_sub.add_parser("list", help="list organisations (never their keys)")
+    org_rotate = org_sub.add_parser("rotate-key", help="replace a key; the old one stops working")
+    org_rotate.add_argument("id", help="the organisationId")
+    for parser_ in (org_create, org_list, org_rotate):
+        parser_.add_argument("-c", "--config", help="TOML configuration file")
+        parser_.set_defaults(func=cmd_org)
     return parser
 
 

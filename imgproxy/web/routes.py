@@ -8,7 +8,7 @@ from aiohttp import web
 
 from imgproxy.metadata.store import StoreError
 from imgproxy.state import STATE
-from imgproxy.web import viewer
+from imgproxy.web import hooks, management, viewer
 from imgproxy.web.errors import json_response
 from imgproxy.web.middlewares import cors_headers
 
@@ -38,6 +38,12 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/smart-frame.js", smart_frame, name="smart-frame")
     r.add_get("/demo", demo, name="demo")
     r.add_get("/", index, name="index")
+    r.add_get("/v1/eis/create/{id}", hooks.create, name="hook-create")
+    r.add_get("/v1/eis/update/{id}", hooks.update, name="hook-update")
+    r.add_post("/v2/images/add", management.add, name="images-add")
+    r.add_post("/v2/image/status", management.image_status, name="image-status")
+    r.add_post("/v2/folder/status", management.folder_status, name="folder-status")
+    r.add_post("/v2/folder/create", management.folder_create, name="folder-create")
     r.add_get("/healthz", healthz, name="healthz")
     r.add_get("/metrics", metrics, name="metrics")
 
