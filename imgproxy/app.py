@@ -25,7 +25,12 @@ CACHE_SIZE_REFRESH = 30.0
 
 def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
-    app = web.Application(middlewares=make_middlewares(settings, metrics))  # type: ignore[arg-type]
+    # Bodies may carry a base64 attachment (4/3 of its size) and little else.
+    max_body = settings.limits.max_upload_bytes * 4 // 3 + (1 << 20)
+    app = web.Application(
+        middlewares=make_middlewares(settings, metrics),  # type: ignore[arg-type]
+        client_max_size=max_body,
+    )
     app.cleanup_ctx.append(lambda a: _lifecycle(a, settings, metrics))
     setup_routes(app)
     return app

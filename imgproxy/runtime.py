@@ -16,6 +16,7 @@ from imgproxy.jobs.runner import JobContext, retire_version
 from imgproxy.jobs.workers import Workers
 from imgproxy.metadata.accounts import Accounts
 from imgproxy.metadata.catalog import Catalog
+from imgproxy.metadata.shop import Shop
 from imgproxy.metadata.store import MetadataStore
 from imgproxy.metrics import Metrics
 from imgproxy.origins.fetch import make_session
@@ -49,7 +50,9 @@ async def open_runtime(
         stack.push_async_callback(asyncio.to_thread, pool.shutdown)
         origins = build_origins(settings.origins, session)
         stack.push_async_callback(close_origins, origins)
-        fetcher = SourceFetcher(session, settings.limits, settings.origins)
+        fetcher = SourceFetcher(
+            session, settings.limits, settings.origins, settings.data_dir / "uploads"
+        )
         stack.push_async_callback(fetcher.aclose)
         service = ImageService(settings, store, layout)
         ctx = JobContext(settings, store, service, layout, pool, origins, metrics, fetcher)
@@ -78,6 +81,8 @@ async def open_runtime(
             job_context=ctx,
             accounts=Accounts(store),
             catalog=Catalog(store),
+            shop=Shop(store),
+            fetcher=fetcher,
         )
         if workers:
             # Only the process that runs workers may clean up after a crash.

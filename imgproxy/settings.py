@@ -85,6 +85,7 @@ class LimitsSettings:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     fetch_timeout: float = 600.0
+    max_upload_bytes: int = 20_000_000
     fetch_retries: int = 2
 
 
@@ -481,6 +482,10 @@ def _validate(s: Settings, problems: list[str], positions: list[int] | None = No
     need(lim.connect_timeout > 0, "limits.connect_timeout: must be positive")
     need(lim.read_timeout > 0, "limits.read_timeout: must be positive")
     need(lim.fetch_timeout > 0, "limits.fetch_timeout: must be positive")
+    need(
+        0 < lim.max_upload_bytes <= 1_000_000_000,
+        "limits.max_upload_bytes: must be 1..1_000_000_000",
+    )
     need(0 <= lim.fetch_retries <= 10, "limits.fetch_retries: must be 0..10")
     names: set[str] = set()
     for index, o in zip(positions or range(len(s.origins)), s.origins, strict=True):

@@ -13,9 +13,11 @@ from imgproxy.jobs.runner import JobContext
 from imgproxy.jobs.workers import Workers
 from imgproxy.metadata.accounts import Accounts
 from imgproxy.metadata.catalog import Catalog
+from imgproxy.metadata.shop import Shop
 from imgproxy.metadata.store import MetadataStore
 from imgproxy.metrics import Metrics
 from imgproxy.origins.base import Origin
+from imgproxy.origins.sources import SourceFetcher
 from imgproxy.processing.pool import ProcessingPool
 from imgproxy.settings import Settings
 
@@ -34,6 +36,8 @@ class AppState:
     job_context: JobContext
     accounts: Accounts
     catalog: Catalog
+    shop: Shop
+    fetcher: SourceFetcher
     cache_bytes: int = 0
 
 

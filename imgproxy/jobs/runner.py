@@ -80,11 +80,14 @@ async def run_job(
         log.error("image %s: job took longer than %.0fs; abandoned", image_id, limit)
         await _fail(ctx, image_id, "unknown", f"processing took longer than {limit:.0f}s")
     except JobFailed as exc:
-        log.warning("image %s: %s (%s)", image_id, exc.code, exc.detail)
-        ctx.metrics.inc("imgproxy_image_errors_total", kind=exc.code)
-        await _fail(ctx, image_id, exc.code, exc.detail)
+        if await ctx.store.get_image(image_id) is None:  # deleted under our feet: not a failure
+            log.info("image %s: deleted while being processed", image_id)
+        else:
+            log.warning("image %s: %s (%s)", image_id, exc.code, exc.detail)
+            ctx.metrics.inc("imgproxy_image_errors_total", kind=exc.code)
+            await _fail(ctx, image_id, exc.code, exc.detail)
     except _Vanished:
-        log.info("image %s: no origin has it; forgotten", image_id)
+        log.info("image %s: gone (no origin has it, or it was deleted)", image_id)
     except StoreError as exc:
         log.error("image %s: metadata store failed: %s", image_id, exc)
         await _fail(ctx, image_id, "statusUpdateError", "the metadata store failed")
@@ -116,7 +119,14 @@ async def _fail(ctx: JobContext, image_id: str, code: str, detail: str) -> None:
 
 async def _status(ctx: JobContext, image_id: str, status: str, origin: str | None = None) -> None:
     await ctx.store.set_status(image_id, status, origin=origin)
-    await ctx.service.publish(image_id)
+    await _publish(ctx, image_id)
+
+
+async def _publish(ctx: JobContext, image_id: str) -> None:
+    """Publish a change; stop the job if the image was deleted meanwhile (an API delete)."""
+    if await ctx.service.publish(image_id) is None:
+        await asyncio.to_thread(remove, ctx.layout.image_dir(image_id))
+        raise _Vanished(image_id)
 
 
 async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -> str:
@@ -164,7 +174,7 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
             )
             ctx.metrics.observe("imgproxy_stage_seconds", time.monotonic() - t, stage="placeholder")
             await store.set_stage(image_id, version, "placeholder")
-            await ctx.service.publish(image_id)
+            await _publish(ctx, image_id)
 
         widths = rendition_widths(width, p.widths)
         formats = rendition_formats(p.formats, has_alpha)
@@ -181,7 +191,7 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
             ctx.metrics.observe("imgproxy_stage_seconds", time.monotonic() - t, stage="display")
             # Viewers switch to a new version only now that it has everything the old one showed.
             await store.set_stage(image_id, version, "display", switch=True)
-            await ctx.service.publish(image_id)
+            await _publish(ctx, image_id)
             if is_new_version:
                 ctx.retire(image_id, served)
         if through == "display":
@@ -201,7 +211,7 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
             )
             ctx.metrics.observe("imgproxy_stage_seconds", time.monotonic() - t, stage="zoom")
             await store.set_stage(image_id, version, "zoom")
-            await ctx.service.publish(image_id)
+            await _publish(ctx, image_id)
     except pipeline.InvalidImage as exc:
         raise JobFailed("invalidImage", str(exc)) from exc
 

@@ -63,3 +63,29 @@ CREATE TABLE IF NOT EXISTS folders (
 );
 
 CREATE INDEX IF NOT EXISTS images_folder ON images (folder_id) WHERE folder_id IS NOT NULL;
+
+-- Store image API (SPEC §6): products and collections of an organisation, and their images.
+CREATE TABLE IF NOT EXISTS owners (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    org_id      TEXT NOT NULL,
+    kind        TEXT NOT NULL,            -- products|standard_collections|super_collections
+    handle      TEXT NOT NULL,
+    title       TEXT NOT NULL DEFAULT '',
+    created_at  REAL NOT NULL,
+    UNIQUE (org_id, kind, handle)
+);
+
+CREATE TABLE IF NOT EXISTS store_images (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner_id      INTEGER NOT NULL,
+    position      INTEGER NOT NULL,
+    alt           TEXT NOT NULL DEFAULT '',
+    filename      TEXT NOT NULL,
+    extension     TEXT NOT NULL,
+    digest        TEXT NOT NULL,
+    proxy_id      TEXT NOT NULL,          -- the image ID the proxy serves it under
+    variation_ids TEXT NOT NULL DEFAULT '[]',
+    created_at    REAL NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS store_images_owner ON store_images (owner_id, position);

@@ -14,11 +14,12 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
-from imgproxy.origins.base import Source, Unavailable
+from imgproxy.origins.base import NotFound, Source, Unavailable
 from imgproxy.origins.fetch import open_url, redact
 from imgproxy.origins.ftp import FtpOrigin
 from imgproxy.origins.s3 import S3Origin
@@ -46,8 +47,10 @@ class SourceFetcher:
         session: aiohttp.ClientSession,
         limits: LimitsSettings,
         origins: Sequence[OriginSettings] = (),
+        uploads: Path | None = None,
     ) -> None:
         self.session = session
+        self.uploads = uploads
         self.limits = limits
         self.policy = AddressPolicy.from_settings(
             limits.allow_private_networks, limits.allowed_hosts
@@ -64,7 +67,24 @@ class SourceFetcher:
             return self._open_s3(url)
         if scheme == "ftp":
             return self._open_ftp(url)
+        if scheme == "upload" and self.uploads is not None:
+            return self._open_upload(url.removeprefix("upload:"))
         raise Unavailable(f"{redact(url)}: unsupported scheme", transient=False)
+
+    @asynccontextmanager
+    async def _open_upload(self, name: str) -> AsyncIterator[Source]:
+        """Bytes kept at creation (store API images): their content is fixed by their digest."""
+        assert self.uploads is not None
+        path = self.uploads / name
+        if "/" in name or not await asyncio.to_thread(path.is_file):
+            raise NotFound(name)
+
+        async def no_chunks() -> AsyncIterator[bytes]:
+            return
+            yield b""
+
+        size = (await asyncio.to_thread(path.stat)).st_size
+        yield Source(location=f"upload:{name}", size=size, chunks=no_chunks(), path=path)
 
     def _open_s3(self, url: str) -> AbstractAsyncContextManager[Source]:
         parts = urlsplit(url)

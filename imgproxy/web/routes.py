@@ -11,6 +11,7 @@ from imgproxy.state import STATE
 from imgproxy.web import hooks, management, viewer
 from imgproxy.web.errors import json_response
 from imgproxy.web.middlewares import cors_headers
+from imgproxy.web.store_api import setup_store_routes
 
 ID = "{id}"
 VERSION = "v{version:\\d+}"
@@ -44,6 +45,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/v2/image/status", management.image_status, name="image-status")
     r.add_post("/v2/folder/status", management.folder_status, name="folder-status")
     r.add_post("/v2/folder/create", management.folder_create, name="folder-create")
+    setup_store_routes(app)
     r.add_get("/healthz", healthz, name="healthz")
     r.add_get("/metrics", metrics, name="metrics")
 
