@@ -9,18 +9,15 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from imgproxy.cache.disk import tree_size
 from imgproxy.metrics import Metrics
 from imgproxy.runtime import open_runtime
 from imgproxy.settings import Settings
-from imgproxy.state import STATE, AppState
+from imgproxy.state import STATE
 from imgproxy.warm import warm_all
 from imgproxy.web.middlewares import make_middlewares
 from imgproxy.web.routes import setup_routes
 
 log = logging.getLogger(__name__)
-
-CACHE_SIZE_REFRESH = 30.0
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -42,7 +39,7 @@ async def _lifecycle(
     """Open everything before serving; stop workers, then close, on shutdown."""
     async with open_runtime(settings, metrics) as state:
         app[STATE] = state
-        background = [asyncio.create_task(_measure_cache(state))]
+        background: list[asyncio.Task[None]] = []
         if settings.processing.mode == "eager":
             background.append(asyncio.create_task(warm_all(state)))
         try:
@@ -53,10 +50,3 @@ async def _lifecycle(
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-
-
-async def _measure_cache(state: AppState) -> None:
-    """Keep `cache_bytes` current without walking the tree on every health check."""
-    while True:
-        state.cache_bytes = await asyncio.to_thread(tree_size, state.layout.root)
-        await asyncio.sleep(CACHE_SIZE_REFRESH)

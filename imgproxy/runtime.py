@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from imgproxy.cache.budget import CacheBudget
 from imgproxy.cache.disk import remove_temporaries
 from imgproxy.cache.layout import CacheLayout
 from imgproxy.images.renditions import Renditions
@@ -55,6 +56,10 @@ async def open_runtime(
         )
         stack.push_async_callback(fetcher.aclose)
         service = ImageService(settings, store, layout)
+        budget = CacheBudget(
+            store, layout, settings.storage.cache_max_bytes, metrics, service.publish
+        )
+        service.on_viewed = budget.viewed
         ctx = JobContext(settings, store, service, layout, pool, origins, metrics, fetcher)
         job_workers = Workers(ctx, settings.processing.workers)
         service.on_queued = job_workers.wake
@@ -67,6 +72,7 @@ async def open_runtime(
             task.add_done_callback(retiring.discard)
 
         ctx.retire = retire
+        ctx.measure = budget.measure
         stack.push_async_callback(_cancel_all, retiring)
         state = AppState(
             settings=settings,
@@ -74,7 +80,7 @@ async def open_runtime(
             layout=layout,
             pool=pool,
             service=service,
-            renditions=Renditions(settings, store, layout, pool, service),
+            renditions=Renditions(settings, store, layout, pool, service, budget.measure),
             workers=job_workers,
             metrics=metrics,
             origins=origins,
@@ -83,6 +89,7 @@ async def open_runtime(
             catalog=Catalog(store),
             shop=Shop(store),
             fetcher=fetcher,
+            budget=budget,
         )
         if workers:
             # Only the process that runs workers may clean up after a crash.
@@ -94,6 +101,9 @@ async def open_runtime(
                 log.info("resuming %d jobs interrupted by a crash", len(resumed))
             job_workers.start()
             stack.push_async_callback(job_workers.stop)
+            evictor = asyncio.create_task(budget.run())
+            stack.push_async_callback(_cancel_all, {evictor})
+            stack.push_async_callback(budget.flush)
         yield state
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from imgproxy.cache.budget import CacheBudget
 from imgproxy.cache.layout import CacheLayout
 from imgproxy.images.renditions import Renditions
 from imgproxy.images.service import ImageService
@@ -38,7 +39,7 @@ class AppState:
     catalog: Catalog
     shop: Shop
     fetcher: SourceFetcher
-    cache_bytes: int = 0
+    budget: CacheBudget
 
 
 STATE = web.AppKey("state", AppState)

@@ -3,6 +3,7 @@ many requests ask for it at the same moment."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from imgproxy.cache.layout import CacheLayout
@@ -24,7 +25,9 @@ class Renditions:
         layout: CacheLayout,
         pool: ProcessingPool,
         service: ImageService,
+        measure: Callable[[str], Awaitable[None]],
     ) -> None:
+        self.measure = measure
         self.settings = settings
         self.store = store
         self.layout = layout
@@ -81,6 +84,7 @@ class Renditions:
             await self.pool.run(pipeline.build_rendition, source, path, width, fmt, quality)
         except pipeline.InvalidImage as exc:
             raise ApiError(415, f"image {image_id}: invalidImage ({exc})") from exc
+        await self.measure(image_id)
 
     def _source(self, image_id: str, version: int, width: int) -> Path | None:
         """The original when cached, else the smallest built rendition at least `width` wide."""

@@ -27,6 +27,13 @@ POLL_INTERVAL = 1.0  # catch changes made by another process (`imgproxy warm --p
 Subscriber = asyncio.Queue[ImageRecord | None]
 
 
+def _needs_pull(record: ImageRecord) -> bool:
+    """A transient failure (SPEC §3: a later view tries again), or files evicted from the cache."""
+    if record.status == "error":
+        return record.error in RETRYABLE_ERRORS
+    return record.status == "ready" and not record.placeholder
+
+
 class ImageService:
     def __init__(self, settings: Settings, store: MetadataStore, layout: CacheLayout) -> None:
         self.settings = settings
@@ -36,6 +43,7 @@ class ImageService:
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._starting: SingleFlight[str, ImageRecord | None] = SingleFlight()
         self.on_queued: Callable[[], None] = lambda: None  # the workers' wake-up, set by the app
+        self.on_viewed: Callable[[str], None] = lambda image_id: None  # the cache's LRU clock
 
     async def get(self, image_id: str) -> ImageRecord | None:
         record = self._records.get(image_id)
@@ -49,11 +57,20 @@ class ImageService:
         """The image's record, starting its pull when cold (or when the last pull failed
         transiently); a viewer waiting raises the priority of an image already queued.
         None: no origin has it (found out already)."""
+        self.on_viewed(image_id)
         record = await self.get(image_id)
-        if record is None or (record.status == "error" and record.error in RETRYABLE_ERRORS):
+        if record is None or _needs_pull(record):
             return await self._starting.run(image_id, lambda: self._start(image_id, priority))
         if record.status == "queued" and not record.placeholder and priority == VIEWER:
             await self.store.bump_priority(image_id, priority)
+        return record
+
+    async def get_reviving(self, image_id: str) -> ImageRecord | None:
+        """A known image's record, starting a rebuild when its files were evicted (versioned and
+        zoom routes: they never start the pull of an unknown ID)."""
+        record = await self.get(image_id)
+        if record is not None and record.status == "ready" and _needs_pull(record):
+            return await self.view(image_id)
         return record
 
     async def _start(self, image_id: str, priority: int) -> ImageRecord | None:
@@ -65,7 +82,7 @@ class ImageService:
         record = await self.store.get_image(image_id)
         if record is None:
             await self.store.create_image(image_id, priority)
-        elif record.status == "error" and record.error in RETRYABLE_ERRORS:
+        elif _needs_pull(record):
             await self.store.requeue(image_id, priority)
         else:
             return await self.publish(image_id)

@@ -8,9 +8,10 @@ resumed after a crash) are not built again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,10 @@ from imgproxy.settings import Settings
 log = logging.getLogger(__name__)
 
 
+async def _nothing(_image_id: str) -> None:
+    return None
+
+
 RETIRE_GRACE = 60.0  # seconds an old version's files outlive the switch
 
 
@@ -46,6 +51,7 @@ class JobContext:
     # Set by the runtime: wake the workers, and schedule an old version's removal.
     on_released: Callable[[], None] = lambda: None
     retire: Callable[[str, int], None] = lambda image_id, version: None
+    measure: Callable[[str], Awaitable[None]] = _nothing
 
 
 class JobFailed(Exception):
@@ -102,7 +108,11 @@ async def run_job(
             ctx.on_released()
     except StoreError as exc:
         log.error("image %s: cannot settle its job: %s", image_id, exc)
-    await ctx.service.publish(image_id)
+    if await ctx.service.publish(image_id) is not None:
+        try:
+            await ctx.measure(image_id)
+        except StoreError as exc:
+            log.error("image %s: cannot record its cache size: %s", image_id, exc)
     return outcome
 
 
@@ -275,3 +285,5 @@ async def retire_version(ctx: JobContext, image_id: str, old_version: int) -> No
     await asyncio.sleep(RETIRE_GRACE)
     # A pyramid has thousands of files: never remove them on the event loop.
     await asyncio.to_thread(remove, ctx.layout.version_dir(image_id, old_version))
+    with contextlib.suppress(StoreError):
+        await ctx.measure(image_id)

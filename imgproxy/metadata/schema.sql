@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS images (
     folder_id   TEXT,
     name        TEXT,
     source_url  TEXT,                     -- for images added by URL rather than by origin
+    cache_bytes INTEGER NOT NULL DEFAULT 0, -- bytes its cache directory held when last measured
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL,
     viewed_at   REAL

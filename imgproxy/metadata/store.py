@@ -443,6 +443,38 @@ class MetadataStore:
                 [(t, image_id) for image_id, t in viewed.items()],
             )
 
+    async def set_cache_bytes(self, image_id: str, size: int) -> None:
+        async with self.transaction() as db:
+            await db.execute("UPDATE images SET cache_bytes = ? WHERE id = ?", (size, image_id))
+
+    async def cache_total(self) -> int:
+        row = await self.fetchone("SELECT COALESCE(SUM(cache_bytes), 0) FROM images")
+        return int(row[0])
+
+    async def cache_bytes_of(self, image_id: str) -> int:
+        row = await self.fetchone("SELECT cache_bytes FROM images WHERE id = ?", (image_id,))
+        return int(row[0]) if row else 0
+
+    async def eviction_candidates(self, before: float, limit: int, offset: int = 0) -> list[str]:
+        """Settled images holding cache bytes, least recently viewed first, not viewed since
+        `before`, with no job pending."""
+        rows = await self.fetchall(
+            "SELECT id FROM images WHERE status IN ('ready', 'error') AND cache_bytes > 0 "
+            "AND COALESCE(viewed_at, updated_at) < ? "
+            "AND id NOT IN (SELECT image_id FROM jobs) "
+            "ORDER BY COALESCE(viewed_at, updated_at) LIMIT ? OFFSET ?",
+            (before, limit, offset),
+        )
+        return [row[0] for row in rows]
+
+    async def evicted(self, image_id: str) -> None:
+        """Forget every built stage of an image whose files are being removed."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE versions SET placeholder = 0, display = 0, zoom = 0 WHERE image_id = ?",
+                (image_id,),
+            )
+
     async def count_images(self) -> int:
         row = await self.fetchone("SELECT COUNT(*) FROM images")
         return int(row[0])

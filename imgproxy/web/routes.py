@@ -96,7 +96,7 @@ async def healthz(request: web.Request) -> web.Response:
             "status": "ok",
             "queue": queue,
             "workers_busy": state.workers.busy,
-            "cache_bytes": state.cache_bytes,
+            "cache_bytes": state.budget.total,
         },
         headers={"Cache-Control": "no-store"},
     )
@@ -106,7 +106,7 @@ async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
     extra = {
         "imgproxy_workers_busy": float(state.workers.busy),
-        "imgproxy_cache_bytes": float(state.cache_bytes),
+        "imgproxy_cache_bytes": float(state.budget.total),
     }
     try:
         extra["imgproxy_queue_depth"] = float(await state.store.queue_depth())

@@ -205,7 +205,7 @@ async def rendition(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, f"unknown rendition format {ext!r}: use jpg, webp, avif or png")
     path = state.layout.rendition(image_id, version, width, ext)
     if not path.exists():
-        record = await state.service.get(image_id)
+        record = await state.service.get_reviving(image_id)
         if record is None:
             raise _not_found(image_id)
         path = await state.renditions.ensure_versioned(record, version, width, ext)
@@ -241,7 +241,7 @@ async def tile(request: web.Request) -> web.StreamResponse:
 
 async def _zoom_missing(state: AppState, image_id: str, version: int) -> None:
     """Raise the right error for a zoom file that is not on disk (unless the pyramid is built)."""
-    record = await state.service.get(image_id)
+    record = await state.service.get_reviving(image_id)
     if record is None:
         raise _not_found(image_id)
     current = await state.store.get_version(image_id, version)

@@ -1,12 +1,8 @@
 // <smart-frame>: the imgproxy viewer (SPEC §7). One file, no dependencies, no build step.
-//
 //   <script type="module" src="https://proxy.example/smart-frame.js"></script>
 //   <smart-frame image-id="IMG_0042" alt="A harbour at dusk"></smart-frame>
-//
 // Attributes: image-id, src-base (the proxy; default: where this file came from), alt. Sized by
-// CSS like an <img>: a block as wide as its container with the image's aspect ratio once known.
-// Stages: loader, blurred placeholder, the rendition that fits width × devicePixelRatio, then
-// Hyper Zoom over DeepZoom tiles; learnt from /events, polling info.json as a fallback.
+// CSS like an <img>: a block as wide as its container, with the image's aspect ratio once known.
 // For pages and tests: attributes stage (loading|placeholder|display|error) and zoom
 // (preparing|ready), a bubbling "stagechange" event, `view`, zoomIn(), zoomOut(), resetZoom().
 
@@ -19,30 +15,26 @@ const CSS = `
 :host{display:block;position:relative;aspect-ratio:3/2;overflow:hidden;background:#e9e9ec;contain:content}
 .frame,.view{position:absolute;inset:0}
 .frame{container-type:size}
-.view{outline:none}
+.view{outline:0}
 .view:focus-visible{box-shadow:inset 0 0 0 3px #2563eb}
 .view.zoomable{cursor:zoom-in;touch-action:pan-x pan-y}
 .view.zoomed{cursor:grab;touch-action:none}
-.view.dragging{cursor:grabbing}
+.view.zoomed:active{cursor:grabbing}
 img,canvas{position:absolute;inset:0;width:100%;height:100%;object-fit:contain;pointer-events:none}
 .ph{filter:blur(clamp(6px,3cqw,28px));transform:scale(1.06)}
-.disp{transition:opacity .25s ease-out}
-.disp.entering{opacity:0}
-.view.zoomed img{visibility:hidden}
-canvas{display:none}
-.view.zoomed canvas{display:block}
+.disp{transition:opacity .25s}
+.entering{opacity:0}
+.zoomed img,canvas{visibility:hidden}
+.zoomed canvas{visibility:visible}
 .loader{position:absolute;inset:0;display:grid;place-items:center}
-.loader span{width:28px;height:28px;border-radius:50%;border:3px solid #0002;border-top-color:#555;
-  animation:spin .9s linear infinite}
+.loader span{width:28px;height:28px;border-radius:50%;border:3px solid #0002;border-top-color:#555;animation:spin .9s linear infinite}
 @keyframes spin{to{transform:rotate(1turn)}}
 @media (prefers-reduced-motion:reduce){.loader span{animation-duration:3s}.disp{transition:none}}
-.msg{position:absolute;inset:0;margin:0;padding:1rem;display:flex;flex-direction:column;gap:.25rem;
-  align-items:center;justify-content:center;text-align:center;background:#f4f1f1;color:#7a1c1c;
-  font:14px/1.4 system-ui,sans-serif}
-.ctl{position:absolute;right:8px;bottom:8px;display:flex;align-items:center;gap:4px;
-  font:12px/1 system-ui,sans-serif}
-.ctl button{width:32px;height:32px;padding:0;border:0;border-radius:6px;cursor:pointer;
-  background:#111c;color:#fff;font:20px/32px system-ui,sans-serif}
+.msg{position:absolute;inset:0;margin:0;padding:1rem;display:flex;flex-direction:column;gap:.25rem;align-items:center;
+  justify-content:center;text-align:center;background:#f4f1f1;color:#7a1c1c;font:14px/1.4 system-ui,sans-serif}
+.ctl{position:absolute;right:8px;bottom:8px;display:flex;align-items:center;gap:4px;font:12px/1 system-ui,sans-serif}
+.ctl button{width:32px;height:32px;padding:0;border:0;border-radius:6px;cursor:pointer;background:#111c;color:#fff;
+  font:20px/32px system-ui,sans-serif}
 .ctl button:hover:not(:disabled){background:#000e}
 .ctl button:focus-visible{outline:2px solid #fff;box-shadow:0 0 0 4px #2563eb}
 .ctl button:disabled{cursor:default;background:#1117;color:#fff8}
@@ -131,7 +123,7 @@ class SmartFrame extends HTMLElement {
     this._stop();
     Object.assign(this, {
       _info: null, _dz: null, _dzLoading: false, _tiles: new Map(), _loading: 0, _queue: [],
-      _z: 1, _cx: 0, _cy: 0, _level: null, _pollDelay: 0, _failures: 0,
+      _z: 1, _cx: 0, _cy: 0, _level: null, _pollDelay: 0,
       _dispWidth: 0, _dispLoading: null, _phUrl: null,
     });
     this._disp?.remove();
@@ -144,27 +136,18 @@ class SmartFrame extends HTMLElement {
     view.className = "view";
     view.removeAttribute("tabindex");
     this.removeAttribute("zoom");
-    this._setStage("loading");
+    this._set("stage", "loading");
     this._label();
     this._updateControls();
     if (!this.imageId) return this._fail("No image-id given.");
     this._fetchInfo(this._run, true);
   }
 
-  _setStage(stage) {
-    if (this.getAttribute("stage") === stage) return;
-    this.setAttribute("stage", stage);
-    this.toggleAttribute("aria-busy", stage === "loading");
-    this._emit();
-  }
-
-  _setZoomState(zoom) {
-    if (this.getAttribute("zoom") === zoom) return;
-    this.setAttribute("zoom", zoom);
-    this._emit();
-  }
-
-  _emit() {
+  /** Reflect the stage (or the zoom state) as an attribute and announce it. */
+  _set(name, value) {
+    if (this.getAttribute(name) === value) return;
+    this.setAttribute(name, value);
+    this.toggleAttribute("aria-busy", this.stage === "loading");
     const detail = { stage: this.stage, zoom: this.getAttribute("zoom") };
     this.dispatchEvent(new CustomEvent("stagechange", { bubbles: true, composed: true, detail }));
   }
@@ -190,11 +173,10 @@ class SmartFrame extends HTMLElement {
       if (res.status === 400) return this._fail(body.error);
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
       info = body;
-      this._failures = 0;
     } catch {
       if (run !== this._run) return;
-      if (++this._failures >= 5 && this.stage === "loading") {
-        return this._fail("The image service could not be reached.");
+      if (this._pollDelay >= 4000 && this.stage === "loading") {
+        return this._fail("The image service could not be reached."); // after ~15 s of failures
       }
       return this._poll(run);
     }
@@ -253,7 +235,7 @@ class SmartFrame extends HTMLElement {
     if (info.stages.display) this._showRendition();
     else if (info.stages.placeholder) this._showPlaceholder(info.placeholder);
     if (info.stages.zoom && !this._dz && !this._dzLoading) this._prepareZoom(info);
-    if (!this._dz) this._setZoomState("preparing");
+    if (!this._dz) this._set("zoom", "preparing");
     this._els.ctl.hidden = false;
     this._updateControls();
   }
@@ -272,7 +254,7 @@ class SmartFrame extends HTMLElement {
     if (run !== this._run || this.stage !== "loading") return;
     ph.hidden = false;
     loader.hidden = true;
-    this._setStage("placeholder");
+    this._set("stage", "placeholder");
   }
 
   _chooseRendition() {
@@ -326,7 +308,7 @@ class SmartFrame extends HTMLElement {
     }
     old?.remove();
     loader.hidden = true;
-    this._setStage("display");
+    this._set("stage", "display");
     this._draw();
   }
 
@@ -346,7 +328,7 @@ class SmartFrame extends HTMLElement {
     this._disp = null;
     view.className = "view";
     view.removeAttribute("tabindex");
-    this._setStage("error");
+    this._set("stage", "error");
   }
 
   _resized() {
@@ -382,7 +364,7 @@ class SmartFrame extends HTMLElement {
       [this._cx, this._cy] = [w / 2, h / 2];
       this._els.view.classList.add("zoomable");
       this._els.view.tabIndex = 0;
-      this._setZoomState("ready");
+      this._set("zoom", "ready");
     } catch {
       if (run === this._run) this._els.hint.textContent = "Zoom unavailable";
     } finally {
@@ -408,17 +390,20 @@ class SmartFrame extends HTMLElement {
     return { ...m, s, ox: m.cw / 2 - this._cx * s, oy: m.ch / 2 - this._cy * s };
   }
 
-  /** Set zoom and centre, clamped to full resolution and so that no gap opens at an edge. */
-  _setZoom(z, cx, cy) {
-    if (!this._dz) return;
+  /** A view clamped to full resolution, and so that no gap opens at an edge. */
+  _clamp(z, cx, cy) {
     const { cw, ch, fit, maxZoom } = this._metrics();
-    this._z = Math.min(Math.max(z, 1), maxZoom);
-    if (this._z < 1.0005) this._z = 1;
-    const s = fit * this._z;
+    z = Math.min(Math.max(z, 1), maxZoom);
+    if (z < 1.0005) z = 1;
+    const s = fit * z;
     const clamp = (c, size, view) =>
       size * s <= view ? size / 2 : Math.min(Math.max(c, view / 2 / s), size - view / 2 / s);
-    this._cx = clamp(cx, this._dz.w, cw);
-    this._cy = clamp(cy, this._dz.h, ch);
+    return { z, cx: clamp(cx, this._dz.w, cw), cy: clamp(cy, this._dz.h, ch) };
+  }
+
+  _setZoom(z, cx, cy) {
+    if (!this._dz) return;
+    ({ z: this._z, cx: this._cx, cy: this._cy } = this._clamp(z, cx, cy));
     this._draw();
     this._updateControls();
   }
@@ -426,12 +411,14 @@ class SmartFrame extends HTMLElement {
   /** Zoom by `factor`, keeping the image point under (px, py) (frame CSS px) in place. */
   _zoomAt(factor, px, py, animate = false) {
     if (!this._dz) return;
-    const { s, ox, oy, maxZoom, cw, ch } = this._layout();
+    // Keys pressed mid-animation add up: start from where the animation is going.
+    const from = animate && this._animating ? this._target : { z: this._z, cx: this._cx, cy: this._cy };
+    const { fit, maxZoom, cw, ch } = this._metrics();
     if (px === undefined) [px, py] = [cw / 2, ch / 2];
-    const z = Math.min(Math.max(this._z * factor, 1), maxZoom);
-    const s2 = (s * z) / this._z;
-    const cx = (px - ox) / s + (cw / 2 - px) / s2;
-    const cy = (py - oy) / s + (ch / 2 - py) / s2;
+    const z = Math.min(Math.max(from.z * factor, 1), maxZoom);
+    const [dx, dy] = [px - cw / 2, py - ch / 2];
+    const cx = from.cx + dx / (fit * from.z) - dx / (fit * z);
+    const cy = from.cy + dy / (fit * from.z) - dy / (fit * z);
     if (animate) this._animateTo(z, cx, cy);
     else this._setZoom(z, cx, cy);
   }
@@ -444,6 +431,8 @@ class SmartFrame extends HTMLElement {
 
   _animateTo(z, cx, cy) {
     cancelAnimationFrame(this._anim);
+    this._target = this._clamp(z, cx, cy);
+    ({ z, cx, cy } = this._target);
     const [z0, cx0, cy0] = [this._z, this._cx, this._cy];
     const reduce = matchMedia("(prefers-reduced-motion: reduce)").matches;
     const start = performance.now();
@@ -460,14 +449,12 @@ class SmartFrame extends HTMLElement {
 
   /** Zoom state: factor (1 = fit), DeepZoom level drawn, visible rectangle in original px, busy. */
   get view() {
-    if (!this._dz) return { zoom: 1, maxZoom: 1, level: null, x: 0, y: 0, width: 0, height: 0, busy: false };
+    if (!this._dz) return { zoom: 1, maxZoom: 1, level: null, busy: false };
     const { cw, ch, s, ox, oy, maxZoom } = this._layout();
     const [x, y] = [Math.max(0, -ox / s), Math.max(0, -oy / s)];
+    const [width, height] = [Math.min(this._dz.w, (cw - ox) / s) - x, Math.min(this._dz.h, (ch - oy) / s) - y];
     const busy = !!(this._animating || this._settleTimer || this._drawFrame || this._loading || this._queue.length);
-    return {
-      zoom: this._z, maxZoom, level: this._level, maxLevel: this._dz.maxLevel, busy,
-      x, y, width: Math.min(this._dz.w, (cw - ox) / s) - x, height: Math.min(this._dz.h, (ch - oy) / s) - y,
-    };
+    return { zoom: this._z, maxZoom, level: this._level, maxLevel: this._dz.maxLevel, busy, x, y, width, height };
   }
 
   zoomIn() { this._zoomAt(2, undefined, undefined, true); }
@@ -480,10 +467,7 @@ class SmartFrame extends HTMLElement {
     zin.disabled = !ready || this._z >= this._metrics().maxZoom - 1e-6;
     zout.disabled = reset.disabled = !ready || this._z <= 1;
     hint.hidden = ready;
-    for (const b of [zin, zout, reset]) {
-      if (ready) b.removeAttribute("aria-describedby");
-      else b.setAttribute("aria-describedby", "hint");
-    }
+    for (const b of [zin, zout, reset]) b.setAttribute("aria-describedby", ready ? "" : "hint");
     view.classList.toggle("zoomed", ready && this._z > 1);
   }
 
@@ -655,14 +639,12 @@ class SmartFrame extends HTMLElement {
         this._panBy((now[0] - prev[0]) / 2, (now[1] - prev[1]) / 2);
       } else if (this._z > 1) {
         this._panBy(now[0] - prev[0], now[1] - prev[1]);
-        view.classList.add("dragging");
       }
       if (Math.hypot(now[0] - gesture.start[0], now[1] - gesture.start[1]) > 8) gesture.moved = true;
       pointers.set(e.pointerId, now);
     });
     const end = (e) => {
       if (!pointers.delete(e.pointerId)) return;
-      view.classList.remove("dragging");
       if (e.type !== "pointerup" || e.pointerType === "mouse" || gesture.moved || pointers.size) return;
       const [p, t] = [point(e), performance.now()];
       const double = lastTap && t - lastTap.t < 350 && Math.hypot(p[0] - lastTap.p[0], p[1] - lastTap.p[1]) < 30;
