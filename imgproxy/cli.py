@@ -29,25 +29,20 @@ def _settings(path: str | None) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+    import asyncio
 
     from imgproxy.app import create_app
+    from imgproxy.web.server import serve
 
     settings = _settings(args.config)
-    app = create_app(settings)
-    url = settings.public_base()
-    print(f"imgproxy {__version__} serving on http://{settings.server.host}:{settings.server.port}")
-    if args.config is None:
-        print(f"demo: {url}/demo", flush=True)
-    web.run_app(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        print=None,
-        access_log=None,
-        backlog=min(settings.server.max_connections, 4096),
-        shutdown_timeout=5.0,
-    )
+
+    def started() -> None:
+        host, port = settings.server.host, settings.server.port
+        print(f"imgproxy {__version__} serving on http://{host}:{port}", flush=True)
+        if args.config is None:
+            print(f"demo: {settings.public_base()}/demo", flush=True)
+
+    asyncio.run(serve(create_app(settings), settings, started))
     return 0
 
 

@@ -13,6 +13,7 @@ from imgproxy.cache.disk import remove_temporaries
 from imgproxy.cache.layout import CacheLayout
 from imgproxy.images.renditions import Renditions
 from imgproxy.images.service import ImageService
+from imgproxy.jobs.admission import Admission
 from imgproxy.jobs.runner import JobContext, retire_version
 from imgproxy.jobs.workers import Workers
 from imgproxy.metadata.accounts import Accounts
@@ -27,6 +28,7 @@ from imgproxy.processing.pipeline import configure_vips
 from imgproxy.processing.pool import ProcessingPool
 from imgproxy.settings import Settings
 from imgproxy.state import AppState
+from imgproxy.web.auth import FailedAuth
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ async def open_runtime(
         )
         stack.push_async_callback(fetcher.aclose)
         service = ImageService(settings, store, layout)
+        admission = Admission(store, settings.processing.max_queue)
+        service.admit = admission.admit
         budget = CacheBudget(
             store, layout, settings.storage.cache_max_bytes, metrics, service.publish
         )
@@ -90,6 +94,8 @@ async def open_runtime(
             shop=Shop(store),
             fetcher=fetcher,
             budget=budget,
+            admission=admission,
+            auth_failures=FailedAuth(settings.limits.auth_failures, settings.limits.auth_window),
         )
         if workers:
             # Only the process that runs workers may clean up after a crash.

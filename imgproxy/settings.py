@@ -41,6 +41,8 @@ class ServerSettings:
     public_url: str = ""  # empty: http://{host}:{port}
     cors_origins: tuple[str, ...] = ("*",)
     max_connections: int = 1024
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class ProcessingSettings:
     tile_format: str = "jpg"
     quality: int = 82
     job_timeout: float = 900.0
+    max_queue: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class LimitsSettings:
     read_timeout: float = 30.0
     fetch_timeout: float = 600.0
     max_upload_bytes: int = 20_000_000
+    auth_failures: int = 20
+    auth_window: float = 60.0
     fetch_retries: int = 2
 
 
@@ -441,6 +446,8 @@ def _validate(s: Settings, problems: list[str], positions: list[int] | None = No
         f"server.public_url: must be an http(s) URL, got {s.server.public_url!r}",
     )
     need(s.server.max_connections >= 1, "server.max_connections: must be at least 1")
+    need(s.server.header_timeout > 0, "server.header_timeout: must be positive")
+    need(s.server.keepalive_timeout > 0, "server.keepalive_timeout: must be positive")
     need(s.storage.cache_max_bytes > 0, "storage.cache_max_bytes: must be positive")
     need(bool(s.storage.dir), "storage.dir: must not be empty")
     p = s.processing
@@ -470,6 +477,7 @@ def _validate(s: Settings, problems: list[str], positions: list[int] | None = No
     )
     need(1 <= p.quality <= 100, f"processing.quality: must be 1..100, got {p.quality}")
     need(p.job_timeout > 0, "processing.job_timeout: must be positive")
+    need(p.max_queue >= 1, "processing.max_queue: must be at least 1")
     v = s.viewer
     need(0 <= v.first_view_wait <= 300, "viewer.first_view_wait: must be 0..300 seconds")
     need(v.default_width >= 1, "viewer.default_width: must be positive")
@@ -482,6 +490,8 @@ def _validate(s: Settings, problems: list[str], positions: list[int] | None = No
     need(lim.connect_timeout > 0, "limits.connect_timeout: must be positive")
     need(lim.read_timeout > 0, "limits.read_timeout: must be positive")
     need(lim.fetch_timeout > 0, "limits.fetch_timeout: must be positive")
+    need(lim.auth_failures >= 1, "limits.auth_failures: must be at least 1")
+    need(lim.auth_window > 0, "limits.auth_window: must be positive")
     need(
         0 < lim.max_upload_bytes <= 1_000_000_000,
         "limits.max_upload_bytes: must be 1..1_000_000_000",

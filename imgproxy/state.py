@@ -10,6 +10,7 @@ from imgproxy.cache.budget import CacheBudget
 from imgproxy.cache.layout import CacheLayout
 from imgproxy.images.renditions import Renditions
 from imgproxy.images.service import ImageService
+from imgproxy.jobs.admission import Admission
 from imgproxy.jobs.runner import JobContext
 from imgproxy.jobs.workers import Workers
 from imgproxy.metadata.accounts import Accounts
@@ -21,6 +22,7 @@ from imgproxy.origins.base import Origin
 from imgproxy.origins.sources import SourceFetcher
 from imgproxy.processing.pool import ProcessingPool
 from imgproxy.settings import Settings
+from imgproxy.web.auth import FailedAuth
 
 
 @dataclass
@@ -40,6 +42,8 @@ class AppState:
     shop: Shop
     fetcher: SourceFetcher
     budget: CacheBudget
+    admission: Admission
+    auth_failures: FailedAuth
 
 
 STATE = web.AppKey("state", AppState)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,6 +25,10 @@ RETRYABLE_ERRORS = ("uploadError", "unknown", "statusUpdateError")
 POLL_INTERVAL = 1.0  # catch changes made by another process (`imgproxy warm --process`)
 
 Subscriber = asyncio.Queue[ImageRecord | None]
+
+
+async def _admit_all(_count: int) -> None:
+    return None
 
 
 def _needs_pull(record: ImageRecord) -> bool:
@@ -44,6 +48,7 @@ class ImageService:
         self._starting: SingleFlight[str, ImageRecord | None] = SingleFlight()
         self.on_queued: Callable[[], None] = lambda: None  # the workers' wake-up, set by the app
         self.on_viewed: Callable[[str], None] = lambda image_id: None  # the cache's LRU clock
+        self.admit: Callable[[int], Awaitable[None]] = _admit_all  # queue bound, set by the app
 
     async def get(self, image_id: str) -> ImageRecord | None:
         record = self._records.get(image_id)
@@ -81,8 +86,10 @@ class ImageService:
         """
         record = await self.store.get_image(image_id)
         if record is None:
+            await self.admit(1)
             await self.store.create_image(image_id, priority)
         elif _needs_pull(record):
+            await self.admit(1)
             await self.store.requeue(image_id, priority)
         else:
             return await self.publish(image_id)

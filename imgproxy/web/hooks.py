@@ -12,11 +12,21 @@ from imgproxy.web.errors import ApiError, image_error, json_response
 
 
 async def organisation(state: AppState, request: web.Request) -> str:
-    """The organisation of the request's `x-api-key`, else 401."""
-    org_id = await state.accounts.authenticate(request.headers.get("x-api-key"))
-    if org_id is None:
+    """The organisation of the request's `x-api-key`, else 401 (429 after repeated failures)."""
+    return await authorised(state, request, request.headers.get("x-api-key"))
+
+
+async def authorised(
+    state: AppState, request: web.Request, api_key: str | None, org_id: str | None = None
+) -> str:
+    """Check a key (and, for the management API, that it is `org_id`'s); count failures."""
+    client = request.remote or "unknown"
+    state.auth_failures.check(client)
+    org = await state.accounts.authenticate(api_key, org_id)
+    if org is None:
+        state.auth_failures.failed(client)
         raise ApiError(401, "invalid api key")
-    return org_id
+    return org
 
 
 def _hook_id(request: web.Request) -> str:
@@ -31,6 +41,8 @@ async def create(request: web.Request) -> web.Response:
     state = request.app[STATE]
     org_id = await organisation(state, request)
     image_id = _hook_id(request)
+    if await state.store.get_image(image_id) is None:
+        await state.admission.admit(1)
     if not await state.store.create_image(image_id, HOOK, created_by="hook", org_id=org_id):
         raise ApiError(409, f"image with id {image_id} already exist")
     state.workers.wake()
@@ -45,6 +57,7 @@ async def update(request: web.Request) -> web.Response:
     image_id = _hook_id(request)
     if await state.store.get_image(image_id) is None:
         raise ApiError(404, f"image with id {image_id} does not exist")
+    await state.admission.admit(1)
     await state.store.requeue(image_id, HOOK, new_version=True)
     await state.service.publish(image_id)
     later = {"status": "success", "message": "image will be updated in a while"}

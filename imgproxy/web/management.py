@@ -15,20 +15,18 @@ from imgproxy.origins.sources import check_source_url
 from imgproxy.state import STATE, AppState
 from imgproxy.web.body import json_object, list_field, string_field
 from imgproxy.web.errors import ApiError, json_response
+from imgproxy.web.hooks import authorised
 
 MAX_ADD = 1000
 MAX_STATUS = 100
 MAX_NAME = 512
 
 
-async def _authorised(state: AppState, body: dict[str, Any]) -> str:
+async def _authorised(state: AppState, request: web.Request, body: dict[str, Any]) -> str:
     """Check organisationId + apiKey; the organisation's id, else 401."""
     org_id = string_field(body, "organisationId", max_length=64)
     api_key = body.get("apiKey")
-    org = await state.accounts.authenticate(api_key if isinstance(api_key, str) else None, org_id)
-    if org is None:
-        raise ApiError(401, "invalid api key")
-    return org
+    return await authorised(state, request, api_key if isinstance(api_key, str) else None, org_id)
 
 
 async def _folder(state: AppState, org_id: str, body: dict[str, Any], name: str) -> str:
@@ -50,7 +48,7 @@ async def add(request: web.Request) -> web.Response:
     """POST /v2/images/add: queue up to 1,000 images by source URL; answers at once."""
     state = request.app[STATE]
     body = await json_object(request)
-    org_id = await _authorised(state, body)
+    org_id = await _authorised(state, request, body)
     images = list_field(body, "images", MAX_ADD)
     string_field(body, "userEmail", required=False, max_length=320)
     items: list[tuple[str, str]] = []
@@ -66,6 +64,7 @@ async def add(request: web.Request) -> web.Response:
         name = string_field(item, "name", where, required=False, max_length=MAX_NAME)
         items.append((name or _default_name(url), url))
     folder_id = await _folder(state, org_id, body, "folderId")
+    await state.admission.admit(len(items))
     ids = await state.catalog.add_by_url(org_id, folder_id, items)
     state.workers.wake()
     result = [
@@ -95,7 +94,7 @@ async def image_status(request: web.Request) -> web.Response:
     """POST /v2/image/status: up to 100 of the organisation's images, in the order asked."""
     state = request.app[STATE]
     body = await json_object(request)
-    org_id = await _authorised(state, body)
+    org_id = await _authorised(state, request, body)
     ids = list_field(body, "imageIds", MAX_STATUS)
     for index, image_id in enumerate(ids):
         if not isinstance(image_id, str):
@@ -108,7 +107,7 @@ async def folder_status(request: web.Request) -> web.Response:
     """POST /v2/folder/status: counts and the IDs still processing or in error."""
     state = request.app[STATE]
     body = await json_object(request)
-    org_id = await _authorised(state, body)
+    org_id = await _authorised(state, request, body)
     folder_id = await _folder(state, org_id, body, "folderId")
     stats = await state.catalog.folder_stats(org_id, folder_id)
     return json_response(
@@ -127,7 +126,7 @@ async def folder_create(request: web.Request) -> web.Response:
     """POST /v2/folder/create: a folder, album or space under a folder of the organisation."""
     state = request.app[STATE]
     body = await json_object(request)
-    org_id = await _authorised(state, body)
+    org_id = await _authorised(state, request, body)
     name = string_field(body, "name", required=False, max_length=MAX_NAME) or ""
     folder_type = string_field(body, "type", required=False, max_length=16) or "folder"
     if folder_type not in FOLDER_TYPES:

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from imgproxy.jobs.admission import QueueFull
 from imgproxy.metrics import Metrics
 from imgproxy.settings import Settings
 from imgproxy.web.errors import ApiError, error_response
@@ -40,6 +41,8 @@ def make_middlewares(settings: Settings, metrics: Metrics) -> list[object]:
             response = await handler(request)
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.headers)
+        except QueueFull as exc:
+            response = error_response(503, str(exc), {"Retry-After": "5"})
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

@@ -48,6 +48,7 @@ def setup_routes(app: web.Application) -> None:
     setup_store_routes(app)
     r.add_get("/healthz", healthz, name="healthz")
     r.add_get("/metrics", metrics, name="metrics")
+    r.add_get("/openapi.json", openapi, name="openapi")
 
 
 async def preflight(request: web.Request) -> web.Response:
@@ -77,6 +78,11 @@ async def smart_frame(request: web.Request) -> web.Response:
 
 async def demo(request: web.Request) -> web.Response:
     return web.Response(body=_static("demo.html"), content_type="text/html")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The hand-maintained OpenAPI 3.1 document of every route (tests/test_openapi.py checks it)."""
+    return web.Response(body=_static("openapi.json"), content_type="application/json")
 
 
 async def index(request: web.Request) -> web.Response:

@@ -283,6 +283,7 @@ async def create_image(request: web.Request) -> web.Response:
         raise ApiError(400, "image.filename: must be a non-empty string")
     position = _optional_position(item)
     variation_ids = _variation_ids(item)
+    await state.admission.admit(1)
     proxy_id = short_id(10)
     dest = state.settings.data_dir / "uploads" / proxy_id
     try:

@@ -17,14 +17,14 @@ const CSS = `
 .frame{container-type:size}
 .view{outline:0}
 .view:focus-visible{box-shadow:inset 0 0 0 3px #2563eb}
-.view.zoomable{cursor:zoom-in;touch-action:pan-x pan-y}
-.view.zoomed{cursor:grab;touch-action:none}
-.view.zoomed:active{cursor:grabbing}
+.zoomable{cursor:zoom-in;touch-action:pan-x pan-y}
+.zoomed{cursor:grab;touch-action:none}
+.zoomed:active{cursor:grabbing}
 img,canvas{position:absolute;inset:0;width:100%;height:100%;object-fit:contain;pointer-events:none}
-.ph{filter:blur(clamp(6px,3cqw,28px));transform:scale(1.06)}
+.ph{filter:blur(clamp(6px,3cqw,28px));transform:scale(1.1)}
 .disp{transition:opacity .25s}
 .entering{opacity:0}
-.zoomed img,canvas{visibility:hidden}
+canvas,.zoomed img{visibility:hidden}
 .zoomed canvas{visibility:visible}
 .loader{position:absolute;inset:0;display:grid;place-items:center}
 .loader span{width:28px;height:28px;border-radius:50%;border:3px solid #0002;border-top-color:#555;animation:spin .9s linear infinite}
@@ -49,9 +49,9 @@ const TEMPLATE = `<style>${CSS}</style><style class="ratio"></style>
   <p class="msg" role="alert" hidden></p>
   <div class="ctl" role="group" aria-label="Zoom" hidden>
     <span class="hint" id="hint">Preparing zoom…</span>
-    <button type="button" class="out" aria-label="Zoom out" title="Zoom out (−)" disabled>−</button>
-    <button type="button" class="reset" aria-label="Reset zoom" title="Reset zoom (0)" disabled>⟲</button>
-    <button type="button" class="in" aria-label="Zoom in" title="Zoom in (+)" disabled>+</button>
+    <button class="out" aria-label="Zoom out" title="Zoom out (−)" disabled>−</button>
+    <button class="reset" aria-label="Reset zoom" title="Reset zoom (0)" disabled>⟲</button>
+    <button class="in" aria-label="Zoom in" title="Zoom in (+)" disabled>+</button>
   </div>
 </div>`;
 
@@ -123,8 +123,7 @@ class SmartFrame extends HTMLElement {
     this._stop();
     Object.assign(this, {
       _info: null, _dz: null, _dzLoading: false, _tiles: new Map(), _loading: 0, _queue: [],
-      _z: 1, _cx: 0, _cy: 0, _level: null, _pollDelay: 0,
-      _dispWidth: 0, _dispLoading: null, _phUrl: null,
+      _z: 1, _cx: 0, _cy: 0, _level: null, _pollDelay: 0, _dispWidth: 0, _dispLoading: null, _phUrl: null,
     });
     this._disp?.remove();
     this._disp = null;
@@ -167,12 +166,11 @@ class SmartFrame extends HTMLElement {
     let info;
     try {
       const res = await fetch(this._url("info.json"), { cache: "no-store" });
-      const body = await res.json().catch(() => ({}));
+      info = await res.json().catch(() => ({}));
       if (run !== this._run) return;
       if (res.status === 404) return this._fail(`Image “${this.imageId}” was not found.`);
-      if (res.status === 400) return this._fail(body.error);
+      if (res.status === 400) return this._fail(info.error);
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
-      info = body;
     } catch {
       if (run !== this._run) return;
       if (this._pollDelay >= 4000 && this.stage === "loading") {
@@ -297,8 +295,7 @@ class SmartFrame extends HTMLElement {
     const fade = !old && this.stage === "placeholder";
     if (fade) img.classList.add("entering");
     view.insertBefore(img, canvas);
-    this._disp = img;
-    this._dispWidth = choice.width;
+    [this._disp, this._dispWidth] = [img, choice.width];
     if (fade) {
       img.getBoundingClientRect(); // commit the transparent state so the fade runs
       img.classList.remove("entering");
@@ -315,10 +312,9 @@ class SmartFrame extends HTMLElement {
   _fail(text = "The image is unavailable.", code = "") {
     this._stop();
     const { msg, ph, loader, ctl, view } = this._els;
-    const title = document.createElement("strong");
+    const [title, detail] = [document.createElement("strong"), document.createElement("span")];
     const alt = this.getAttribute("alt");
     title.textContent = alt ? `Image unavailable: ${alt}` : "Image unavailable";
-    const detail = document.createElement("span");
     detail.textContent = text;
     msg.replaceChildren(title, detail);
     msg.dataset.error = code;
@@ -347,8 +343,7 @@ class SmartFrame extends HTMLElement {
     try {
       const res = await fetch(info.zoom.dzi);
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
-      const xml = new DOMParser().parseFromString(await res.text(), "application/xml");
-      const image = xml.documentElement;
+      const image = new DOMParser().parseFromString(await res.text(), "application/xml").documentElement;
       const size = image.getElementsByTagNameNS("*", "Size")[0];
       const [w, h] = ["Width", "Height"].map((a) => Number(size.getAttribute(a)));
       const tileSize = Number(image.getAttribute("TileSize"));
@@ -498,8 +493,7 @@ class SmartFrame extends HTMLElement {
   _render() {
     const dz = this._dz;
     if (!dz || this._z <= 1) {
-      this._level = null;
-      this._queue = [];
+      [this._level, this._queue] = [null, []];
       return;
     }
     const L = this._layout();
@@ -531,8 +525,8 @@ class SmartFrame extends HTMLElement {
         }
       }
     }
-    // Nearest the centre first; tiles that left the view before their turn are never requested.
-    // Mid-gesture nothing is requested: tiles of the levels passed through would be wasted.
+    // Nearest the centre first; tiles that left the view before their turn are never requested,
+    // nor are any mid-gesture (the levels passed through would be wasted).
     const settling = this._animating || this._settleTimer;
     this._queue = settling ? [] : wanted.sort((a, b) => a.d - b.d).map((t) => t.key);
     this._pump();
@@ -549,25 +543,20 @@ class SmartFrame extends HTMLElement {
   _pump() {
     while (this._loading < MAX_TILE_LOADS && this._queue.length) {
       const key = this._queue.shift();
-      const img = new Image();
-      const tile = { img, ready: false };
+      const tile = { img: new Image(), ready: false };
       this._tiles.set(key, tile);
       this._loading++;
       const run = this._run;
-      img.src = `${this._dz.files}${key}.${this._dz.format}`;
-      img.decode().then(() => (tile.ready = true), () => (tile.failed = true)).finally(() => {
+      tile.img.src = `${this._dz.files}${key}.${this._dz.format}`;
+      tile.img.decode().then(() => (tile.ready = true), () => (tile.failed = true)).finally(() => {
         if (run !== this._run) return;
         this._loading--;
-        this._evict();
+        for (const [k, t] of this._tiles) {
+          if (this._tiles.size <= MAX_TILES_KEPT) break;
+          if (t.ready || t.failed) this._tiles.delete(k); // the oldest first
+        }
         this._draw();
       });
-    }
-  }
-
-  _evict() {
-    for (const [key, tile] of this._tiles) {
-      if (this._tiles.size <= MAX_TILES_KEPT) break;
-      if (tile.ready || tile.failed) this._tiles.delete(key);
     }
   }
 
