@@ -58,13 +58,16 @@ class ImageService:
                 self._records[image_id] = record
         return record
 
-    async def view(self, image_id: str, priority: int = VIEWER) -> ImageRecord | None:
+    async def view(
+        self, image_id: str, priority: int = VIEWER, retry_failed: bool = True
+    ) -> ImageRecord | None:
         """The image's record, starting its pull when cold (or when the last pull failed
         transiently); a viewer waiting raises the priority of an image already queued.
-        None: no origin has it (found out already)."""
+        None: no origin has it (found out already). `retry_failed=False` (info.json, events):
+        report a failure as it is instead of pulling again on every poll."""
         self.on_viewed(image_id)
         record = await self.get(image_id)
-        if record is None or _needs_pull(record):
+        if record is None or (_needs_pull(record) and (retry_failed or record.status != "error")):
             return await self._starting.run(image_id, lambda: self._start(image_id, priority))
         if record.status == "queued" and not record.placeholder and priority == VIEWER:
             await self.store.bump_priority(image_id, priority)

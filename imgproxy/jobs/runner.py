@@ -70,7 +70,8 @@ async def run_job(
     """Run a claimed job and settle it in the queue; returns what happened.
 
     "done": ready, or ended in error (the job is removed either way). "deferred": `admit`
-    refused after the fetch, or "partial": built `through` "display" only; in both the job
+    refused after the fetch, or "partial": built through "display" only (asked, or deferring
+    the pyramid to other jobs waiting at the same or a more urgent priority); in both the job
     goes back to the queue for a worker to finish (the fetched original is reused).
     CancelledError (shutdown) is not caught: the job stays queued and resumes later.
     """
@@ -122,7 +123,7 @@ class _Vanished(Exception):
 
 async def _fail(ctx: JobContext, image_id: str, code: str, detail: str) -> None:
     try:
-        await ctx.store.set_status(image_id, "error", error=code, detail=detail)
+        await ctx.store.set_status(image_id, "error", error=code, detail=detail[:500])
     except StoreError as exc:
         log.error("image %s: cannot record error %s: %s", image_id, code, exc)
 
@@ -205,6 +206,11 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
             if is_new_version:
                 ctx.retire(image_id, served)
         if through == "display":
+            return "partial"
+        if not current.zoom and await store.others_waiting(image_id, job.priority):
+            # Round robin: every waiting viewer gets its placeholder and display first; the
+            # pyramid (the long part) is built when this job's turn comes again.
+            log.info("image %s: display built; tiling deferred behind waiting jobs", image_id)
             return "partial"
 
         if not (current.zoom and layout.dzi(image_id, version).exists()):

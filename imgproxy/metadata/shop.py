@@ -18,6 +18,10 @@ from imgproxy.metadata.store import HOOK, MetadataStore
 OWNER_KINDS = ("products", "standard_collections", "super_collections")
 
 
+class OwnerGone(Exception):
+    """The owner was deleted while an image was being added to it."""
+
+
 class HandleTaken(Exception):
     """Another owner of this kind has that handle."""
 
@@ -159,6 +163,9 @@ class Shop:
         """Insert at `position` (default and past-the-end: last), shifting later images down;
         the proxy image is created (and queued) in the same transaction."""
         async with self.store.transaction() as db:
+            async with db.execute("SELECT 1 FROM owners WHERE id = ?", (owner.id,)) as cur:
+                if await cur.fetchone() is None:
+                    raise OwnerGone(owner.handle)
             count = await _count(db, owner.id)
             target = count + 1 if position is None else max(1, min(position, count + 1))
             await db.execute(

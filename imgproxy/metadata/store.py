@@ -190,16 +190,15 @@ class MetadataStore:
                 raise StoreError(str(exc)) from exc
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        try:
-            async with self.reader.execute(sql, tuple(params)) as cur:
-                return await cur.fetchone()
-        except DB_ERRORS as exc:
-            raise StoreError(str(exc)) from exc
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         try:
-            async with self.reader.execute(sql, tuple(params)) as cur:
-                return list(await cur.fetchall())
+            # One hop on the reader's thread: the statement runs to its end before any other
+            # read starts. A cursor left open between hops would hold its snapshot, and every
+            # read sharing the connection would miss what was committed since.
+            return list(await self.reader.execute_fetchall(sql, tuple(params)))
         except DB_ERRORS as exc:
             raise StoreError(str(exc)) from exc
 
@@ -507,11 +506,20 @@ class MetadataStore:
             await db.execute("DELETE FROM jobs WHERE image_id = ?", (image_id,))
 
     async def release_job(self, image_id: str) -> None:
-        """Put a running job back in the queue (worker stopped before it finished)."""
+        """Put a running job back in the queue, behind the others of its priority."""
         async with self.transaction() as db:
             await db.execute(
-                "UPDATE jobs SET state = 'queued', owner = NULL WHERE image_id = ?", (image_id,)
+                "UPDATE jobs SET state = 'queued', owner = NULL, seq = ? WHERE image_id = ?",
+                (self._next_seq(), image_id),
             )
+
+    async def others_waiting(self, image_id: str, priority: int) -> bool:
+        """Is another job of this priority or a more urgent one queued?"""
+        row = await self.fetchone(
+            "SELECT 1 FROM jobs WHERE state = 'queued' AND priority <= ? AND image_id != ? LIMIT 1",
+            (priority, image_id),
+        )
+        return row is not None
 
     async def queue_depth(self) -> int:
         row = await self.fetchone("SELECT COUNT(*) FROM jobs")

@@ -139,6 +139,8 @@ async def open_url(
 
 
 def _describe(exc: BaseException) -> str:
+    """A short reason: aiohttp's parse errors quote whole buffers of what the peer sent."""
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

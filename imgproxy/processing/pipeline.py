@@ -89,8 +89,10 @@ def _vips_errors_are_invalid(fn: Callable[P, T]) -> Callable[P, T]:
 
 
 def _reason(exc: pyvips.Error) -> str:
-    """The first meaningful line of a libvips error."""
+    """The first meaningful line of a libvips error, without the server's file paths."""
     text = (getattr(exc, "detail", None) or str(exc)).strip()
+    text = re.sub(r'"/[^"]*"', '"the original"', text)
+    text = re.sub(r"(?<![\w.])/[^\s:\"']+", "the original", text)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0][:300] if lines else "undecodable image"
 
@@ -117,6 +119,13 @@ def probe(src: Path, max_pixels: int) -> Probe:
     if orientation in (5, 6, 7, 8):
         width, height_px = height_px, width
     return Probe(width, height_px, pages, bool(image.hasalpha()), fmt)
+
+
+@_vips_errors_are_invalid
+def verify(src: Path, fmt: str) -> None:
+    """Decode every pixel (every frame of a gif): a truncated or corrupt image is InvalidImage."""
+    image = _load(src, access="sequential", **({"n": -1} if fmt == "gif" else {}))
+    image.avg()
 
 
 def _to_srgb(image: pyvips.Image) -> pyvips.Image:

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from imgproxy.cache.disk import atomic_path, remove
 from imgproxy.metadata.accounts import short_id
-from imgproxy.metadata.shop import OWNER_KINDS, HandleTaken, Owner, StoreImage
+from imgproxy.metadata.shop import OWNER_KINDS, HandleTaken, Owner, OwnerGone, StoreImage
 from imgproxy.origins.base import NotFound, TooLarge, Unavailable
 from imgproxy.origins.registry import pull_url
 from imgproxy.processing import pipeline
@@ -290,6 +290,7 @@ async def create_image(request: web.Request) -> web.Response:
         default_name = await _take_bytes(state, item, dest)
         try:
             probe = await state.pool.run(pipeline.probe, dest, state.settings.limits.max_pixels)
+            await state.pool.run(pipeline.verify, dest, probe.format)
         except pipeline.InvalidImage as exc:
             raise ApiError(422, f"image: not an accepted image ({exc})") from None
         extension = EXTENSIONS.get(probe.format)
@@ -298,9 +299,12 @@ async def create_image(request: web.Request) -> web.Response:
         name = filename or default_name or f"image.{extension}"
         created_at = time.time()
         digest = await asyncio.to_thread(_digest, name, dest, created_at)
-        image = await state.shop.add_image(
-            owner, position, alt, name, extension, digest, proxy_id, variation_ids, created_at
-        )
+        try:
+            image = await state.shop.add_image(
+                owner, position, alt, name, extension, digest, proxy_id, variation_ids, created_at
+            )
+        except OwnerGone:
+            raise ApiError(404, f"{KINDS[owner.kind][0]} {owner.handle!r} not found") from None
     except BaseException:
         await asyncio.to_thread(remove, dest)
         raise

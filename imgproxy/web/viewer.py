@@ -54,8 +54,11 @@ def _resolved(record: ImageRecord) -> bool:
 
 
 async def _view_resolved(state: AppState, image_id: str) -> ImageRecord:
-    """Start the pull of a cold ID and wait (bounded) until an origin is known to have it."""
-    record = await state.service.view(image_id)
+    """Start the pull of a cold ID and wait (bounded) until an origin is known to have it.
+
+    A failed image is reported as it is: polling info.json must not hammer a failing origin.
+    """
+    record = await state.service.view(image_id, retry_failed=False)
     if record is None:
         raise _not_found(image_id)
     if not _resolved(record):
