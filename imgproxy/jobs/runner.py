@@ -189,7 +189,9 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
 
         widths = rendition_widths(width, p.widths)
         formats = rendition_formats(p.formats, has_alpha)
+        built_display = False
         if not (current.display and _renditions_exist(layout, image_id, version, widths, formats)):
+            built_display = True
             t = time.monotonic()
             await pool.run(
                 pipeline.build_renditions,
@@ -207,7 +209,12 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
                 ctx.retire(image_id, served)
         if through == "display":
             return "partial"
-        if not current.zoom and await store.others_waiting(image_id, job.priority):
+        # Only right after building display, so the job tiles on its next turn (no ping-pong).
+        if (
+            built_display
+            and not current.zoom
+            and await store.others_waiting(image_id, job.priority)
+        ):
             # Round robin: every waiting viewer gets its placeholder and display first; the
             # pyramid (the long part) is built when this job's turn comes again.
             log.info("image %s: display built; tiling deferred behind waiting jobs", image_id)
