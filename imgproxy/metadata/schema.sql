@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     state       TEXT NOT NULL DEFAULT 'queued', -- queued|running
     owner       INTEGER,                  -- pid of the process running it
     attempts    INTEGER NOT NULL DEFAULT 0,
-    seq         INTEGER NOT NULL
+    seq         INTEGER NOT NULL,
+    rerun       INTEGER NOT NULL DEFAULT 0 -- an update arrived while it ran: pull again after
 );
 
 CREATE INDEX IF NOT EXISTS jobs_pick ON jobs (state, priority, seq);

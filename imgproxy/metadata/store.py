@@ -28,6 +28,9 @@ ACTIVE_STATUSES = ("queued", "downloading", "processing", "tiling", "storing")
 STAGES = ("placeholder", "display", "zoom")
 
 
+# (table, column, type and default) added since the table first shipped.
+ADDED_COLUMNS = (("jobs", "rerun", "INTEGER NOT NULL DEFAULT 0"),)
+
 # aiosqlite raises ValueError once its connection thread is gone.
 DB_ERRORS = (sqlite3.Error, ValueError)
 
@@ -147,6 +150,7 @@ class MetadataStore:
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;"
                 + schema
             )
+            await self._add_missing_columns()
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             await self._reader.execute("PRAGMA busy_timeout=10000")
             async with self._writer.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs") as cur:
@@ -154,6 +158,14 @@ class MetadataStore:
             self._seq = int(row[0]) if row else 0
         except DB_ERRORS as exc:
             raise StoreError(f"cannot open the metadata store {self.path}: {exc}") from exc
+
+    async def _add_missing_columns(self) -> None:
+        """Columns added after a table first shipped (CREATE IF NOT EXISTS keeps old tables)."""
+        for table, column, ddl in ADDED_COLUMNS:
+            async with self.writer.execute(f"PRAGMA table_info({table})") as cur:
+                names = {row[1] for row in await cur.fetchall()}
+            if column not in names:
+                await self.writer.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
 
     async def close(self) -> None:
         for conn in (self._reader, self._writer):
@@ -361,6 +373,53 @@ class MetadataStore:
             await self.enqueue_in(db, image_id, target, priority)
         return target
 
+    async def update_and_claim(self, image_id: str, priority: int) -> Job | None:
+        """For the update hook, in one transaction: queue a new version and claim its job for the
+        caller. When a worker is running the image's job, flag it to pull again once done (the
+        running build may have fetched the old content) and return None."""
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT i.version, i.building, j.state FROM images i "
+                "LEFT JOIN jobs j ON j.image_id = i.id WHERE i.id = ?",
+                (image_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            served, building, state = int(row[0]), row[1], row[2]
+            if state == "running":
+                await db.execute(
+                    "UPDATE jobs SET rerun = 1, priority = MIN(priority, ?) WHERE image_id = ?",
+                    (priority, image_id),
+                )
+                return None
+            target = int(building) if building is not None else served + 1
+            await self._prepare_version(db, image_id, target)
+            await self.enqueue_in(db, image_id, target, priority)
+            async with db.execute(
+                "UPDATE jobs SET state = 'running', owner = ?, attempts = attempts + 1 "
+                "WHERE image_id = ? RETURNING image_id, version, priority, attempts",
+                (os.getpid(), image_id),
+            ) as cur:
+                job = await cur.fetchone()
+        return Job(job[0], job[1], job[2], job[3]) if job else None
+
+    async def _prepare_version(self, db: aiosqlite.Connection, image_id: str, target: int) -> None:
+        """Make `target` the version being built, from scratch (nothing fetched yet)."""
+        await db.execute(
+            "INSERT OR IGNORE INTO versions (image_id, version) VALUES (?, ?)", (image_id, target)
+        )
+        await db.execute(
+            "UPDATE versions SET width = NULL, height = NULL, placeholder = 0, display = 0, "
+            "zoom = 0 WHERE image_id = ? AND version = ? AND display = 0",
+            (image_id, target),
+        )
+        await db.execute(
+            "UPDATE images SET status = 'queued', error = NULL, detail = NULL, building = ?, "
+            "updated_at = ? WHERE id = ?",
+            (target, time.time(), image_id),
+        )
+
     async def bump_priority(self, image_id: str, priority: int) -> None:
         async with self.transaction() as db:
             await db.execute(
@@ -502,8 +561,24 @@ class MetadataStore:
         return Job(row[0], row[1], row[2], row[3]) if row else None
 
     async def finish_job(self, image_id: str) -> None:
+        """Remove a finished job, or, when an update arrived while it ran, queue the new version."""
         async with self.transaction() as db:
-            await db.execute("DELETE FROM jobs WHERE image_id = ?", (image_id,))
+            async with db.execute(
+                "SELECT j.rerun, i.version FROM jobs j JOIN images i ON i.id = j.image_id "
+                "WHERE j.image_id = ?",
+                (image_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None or not row[0]:
+                await db.execute("DELETE FROM jobs WHERE image_id = ?", (image_id,))
+                return
+            target = int(row[1]) + 1
+            await self._prepare_version(db, image_id, target)
+            await db.execute(
+                "UPDATE jobs SET state = 'queued', owner = NULL, rerun = 0, version = ?, seq = ? "
+                "WHERE image_id = ?",
+                (target, self._next_seq(), image_id),
+            )
 
     async def release_job(self, image_id: str) -> None:
         """Put a running job back in the queue, behind the others of its priority."""

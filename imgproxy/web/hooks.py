@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from imgproxy.images.ids import is_valid_id
@@ -53,16 +55,17 @@ async def create(request: web.Request) -> web.Response:
 async def update(request: web.Request) -> web.Response:
     """GET /v1/eis/update/{id}: pull the original again; small ones are rebuilt within the request."""
     state = request.app[STATE]
-    await organisation(state, request)
+    org_id = await organisation(state, request)
     image_id = _hook_id(request)
-    if await state.store.get_image(image_id) is None:
+    record = await state.store.get_image(image_id)
+    # Images created through an API belong to their organisation; origin images to everyone.
+    if record is None or (record.org_id is not None and record.org_id != org_id):
         raise ApiError(404, f"image with id {image_id} does not exist")
     await state.admission.admit(1)
-    await state.store.requeue(image_id, HOOK, new_version=True)
-    await state.service.publish(image_id)
     later = {"status": "success", "message": "image will be updated in a while"}
-    job = await state.store.claim_job(image_id=image_id)
-    if job is None:  # a worker took it first: it will do the whole update
+    job = await state.store.update_and_claim(image_id, HOOK)
+    await state.service.publish(image_id)
+    if job is None:  # a worker is building it: it pulls again once done
         state.workers.wake()
         return json_response(later)
     hooks = state.settings.hooks
@@ -71,12 +74,20 @@ async def update(request: web.Request) -> web.Response:
         side = hooks.on_demand_max_side
         return size <= hooks.on_demand_max_bytes or (width <= side and height <= side)
 
-    outcome = await run_job(state.job_context, job, admit=small, through="display")
+    try:
+        outcome = await run_job(state.job_context, job, admit=small, through="display")
+    except asyncio.CancelledError:
+        # The request went away (shutdown): hand the job to the workers, do not strand it.
+        await asyncio.shield(state.store.release_job(image_id))
+        state.workers.wake()
+        raise
     if outcome == "partial":
         return json_response({"status": "success", "message": "image updated on demand"})
     if outcome == "deferred":
         return json_response(later)
     record = await state.store.get_image(image_id)
-    if record is None or record.status != "error":
+    if record is None:
+        raise ApiError(404, f"image with id {image_id} does not exist")
+    if record.status != "error":
         return json_response(later)
     raise image_error(image_id, record.error, record.detail)
