@@ -24,7 +24,14 @@ def _settings(path: str | None) -> Settings:
 
     data_dir = os.environ.get("IMGPROXY_STORAGE__DIR", "./var")
     settings = demo_settings(data_dir)
-    ensure_demo_images(Path(settings.origins[0].root))
+    # In a low-priority thread: libvips' worker threads, started now and reused by the
+    # server, inherit its priority (see processing/pool.py).
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imgproxy.processing.pool import lower_priority
+
+    with ThreadPoolExecutor(1, initializer=lower_priority) as executor:
+        executor.submit(ensure_demo_images, Path(settings.origins[0].root)).result()
     return settings
 
 

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from imgproxy.cache.budget import CacheBudget
 from imgproxy.cache.disk import remove_temporaries
+from imgproxy.cache.hot import HotFiles
 from imgproxy.cache.layout import CacheLayout
 from imgproxy.images.renditions import Renditions
 from imgproxy.images.service import ImageService
@@ -58,6 +59,8 @@ async def open_runtime(
         )
         stack.push_async_callback(fetcher.aclose)
         service = ImageService(settings, store, layout)
+        hot = HotFiles(settings.viewer.memory_cache_bytes)
+        service.on_gone = hot.forget
         admission = Admission(store, settings.processing.max_queue)
         service.admit = admission.admit
         budget = CacheBudget(
@@ -95,6 +98,7 @@ async def open_runtime(
             fetcher=fetcher,
             budget=budget,
             admission=admission,
+            hot=hot,
             auth_failures=FailedAuth(settings.limits.auth_failures, settings.limits.auth_window),
         )
         if workers:

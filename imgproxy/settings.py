@@ -71,6 +71,7 @@ class ViewerSettings:
     first_view_wait: float = 10.0
     default_width: int = 1280
     max_age: int = 300
+    memory_cache_bytes: int = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -482,6 +483,7 @@ def _validate(s: Settings, problems: list[str], positions: list[int] | None = No
     need(0 <= v.first_view_wait <= 300, "viewer.first_view_wait: must be 0..300 seconds")
     need(v.default_width >= 1, "viewer.default_width: must be positive")
     need(v.max_age >= 0, "viewer.max_age: must not be negative")
+    need(v.memory_cache_bytes >= 0, "viewer.memory_cache_bytes: must not be negative")
     need(s.hooks.on_demand_max_bytes >= 0, "hooks.on_demand_max_bytes: must not be negative")
     need(s.hooks.on_demand_max_side >= 0, "hooks.on_demand_max_side: must not be negative")
     lim = s.limits

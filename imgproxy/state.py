@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from imgproxy.cache.budget import CacheBudget
+from imgproxy.cache.hot import HotFiles
 from imgproxy.cache.layout import CacheLayout
 from imgproxy.images.renditions import Renditions
 from imgproxy.images.service import ImageService
@@ -43,6 +44,7 @@ class AppState:
     fetcher: SourceFetcher
     budget: CacheBudget
     admission: Admission
+    hot: HotFiles
     auth_failures: FailedAuth
 
 

@@ -49,6 +49,7 @@ class ImageService:
         self.on_queued: Callable[[], None] = lambda: None  # the workers' wake-up, set by the app
         self.on_viewed: Callable[[str], None] = lambda image_id: None  # the cache's LRU clock
         self.admit: Callable[[int], Awaitable[None]] = _admit_all  # queue bound, set by the app
+        self.on_gone: Callable[[str], None] = lambda image_id: None  # files deleted or evicted
 
     async def get(self, image_id: str) -> ImageRecord | None:
         record = self._records.get(image_id)
@@ -106,12 +107,15 @@ class ImageService:
             self._records.pop(image_id, None)
         else:
             self._records[image_id] = record
+        if record is None or not record.placeholder:
+            self.on_gone(image_id)
         for queue in self._subscribers.get(image_id, ()):
             queue.put_nowait(record)
         return record
 
     def forget(self, image_id: str) -> None:
         self._records.pop(image_id, None)
+        self.on_gone(image_id)
 
     @asynccontextmanager
     async def subscribe(self, image_id: str) -> AsyncIterator[Subscriber]:

@@ -207,6 +207,9 @@ async def rendition(request: web.Request) -> web.StreamResponse:
     if ext not in CONTENT_TYPES or ext == "jpeg":
         raise ApiError(404, f"unknown rendition format {ext!r}: use jpg, webp, avif or png")
     path = state.layout.rendition(image_id, version, width, ext)
+    fast = _immutable(request, state, image_id, path, CONTENT_TYPES[ext])
+    if fast is not None:
+        return fast
     if not path.exists():
         record = await state.service.get_reviving(image_id)
         if record is None:
@@ -221,8 +224,10 @@ async def dzi(request: web.Request) -> web.StreamResponse:
     image_id = _image_id(request)
     version = _version(request)
     path = state.layout.dzi(image_id, version)
-    if not path.exists():
-        await _zoom_missing(state, image_id, version)
+    fast = _immutable(request, state, image_id, path, "application/xml")
+    if fast is not None:
+        return fast
+    await _zoom_missing(state, image_id, version)
     return _file(path, "application/xml", IMMUTABLE)
 
 
@@ -236,10 +241,26 @@ async def tile(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, f"tiles are {tile_format}")
     level, col, row = (int(request.match_info[k]) for k in ("level", "col", "row"))
     path = state.layout.tile(image_id, version, level, col, row, tile_format)
+    fast = _immutable(request, state, image_id, path, CONTENT_TYPES[tile_format])
+    if fast is not None:
+        return fast
     if not path.exists():
         await _zoom_missing(state, image_id, version)
         raise ApiError(404, f"no tile {level}/{col}_{row} in image {image_id}")
     return _file(path, CONTENT_TYPES[tile_format], IMMUTABLE)
+
+
+def _immutable(
+    request: web.Request, state: AppState, image_id: str, path: Path, content_type: str
+) -> web.Response | None:
+    """A small immutable file from memory (or read now), with no thread hop; None otherwise."""
+    hot = state.hot.get(image_id, path)
+    if hot is None:
+        return None
+    headers = {"Cache-Control": IMMUTABLE, "ETag": hot.etag}
+    if request.headers.get("If-None-Match") == hot.etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=hot.body, content_type=content_type, headers=headers)
 
 
 async def _zoom_missing(state: AppState, image_id: str, version: int) -> None:
