@@ -1,0 +1,200 @@
+"""HTTP client helpers: a timed GET, waiting for `ready`, tile URLs, a paced latency sampler."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from xml.etree import ElementTree
+
+import aiohttp
+
+BROWSER_ACCEPT = "image/avif,image/webp,image/apng,image/*,*/*;q=0.8"
+POLL_INTERVAL = 0.1
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
+    if not values:
+        raise ValueError("no samples")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass(frozen=True)
+class Timed:
+    seconds: float
+    status: int
+    headers: dict[str, str]
+    size: int
+
+
+async def timed_get(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> Timed:
+    """GET `url`, reading the whole body; the time is until the last byte arrived."""
+    started = time.perf_counter()
+    async with session.get(url, headers=headers or {}) as response:
+        body = await response.read()
+        elapsed = time.perf_counter() - started
+        return Timed(elapsed, response.status, dict(response.headers), len(body))
+
+
+@dataclass
+class Progress:
+    """Status changes seen while polling info.json: (seconds since start, status)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    changes: list[tuple[float, str]] = field(default_factory=list)
+
+    def see(self, status: str) -> None:
+        if not self.changes or self.changes[-1][1] != status:
+            self.changes.append((time.perf_counter() - self.started, status))
+
+    def describe(self) -> str:
+        return ", ".join(f"{status} {at:.2f}s" for at, status in self.changes)
+
+
+async def wait_ready(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    image_id: str,
+    timeout: float,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Poll info.json every POLL_INTERVAL until `ready` (bounded by `timeout`); error -> raise."""
+    url = f"{base_url}/images/{image_id}/info.json"
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        async with session.get(url) as response:
+            if response.status == 200:
+                last = await response.json()
+                if progress is not None:
+                    progress.see(str(last.get("status")))
+                if last.get("status") == "ready":
+                    return last
+                if last.get("status") == "error":
+                    raise RuntimeError(f"{image_id} ended in error: {last.get('error')}")
+            else:
+                await response.read()
+        await asyncio.sleep(POLL_INTERVAL)
+    raise TimeoutError(f"{image_id} not ready after {timeout:.0f}s (last: {last.get('status')})")
+
+
+async def tile_urls(
+    session: aiohttp.ClientSession, info: dict[str, Any], wanted: int = 16
+) -> list[str]:
+    """URLs of a square block of (at most `wanted`) full-resolution tiles, each fetched once."""
+    dzi_url = str(info["zoom"]["dzi"])
+    async with session.get(dzi_url) as response:
+        if response.status != 200:
+            raise RuntimeError(f"{dzi_url}: {response.status}")
+        root = ElementTree.fromstring(await response.read())
+    size = next(el for el in root.iter() if el.tag.endswith("Size"))
+    width, height = int(size.get("Width", "0")), int(size.get("Height", "0"))
+    tile_size, fmt = int(root.get("TileSize", "254")), root.get("Format", "jpg")
+    level = math.ceil(math.log2(max(width, height)))
+    side = math.isqrt(wanted)
+    cols = min(side, math.ceil(width / tile_size))
+    rows = min(side, math.ceil(height / tile_size))
+    base = re.sub(r"\.dzi$", "_files", dzi_url)
+    urls = [f"{base}/{level}/{c}_{r}.{fmt}" for c in range(cols) for r in range(rows)]
+    for url in urls:
+        got = await timed_get(session, url)
+        if got.status != 200:
+            raise RuntimeError(f"tile {url}: {got.status}")
+    return urls
+
+
+async def warm_tiles(
+    session: aiohttp.ClientSession, base_url: str, image_id: str, timeout: float
+) -> list[str]:
+    """View an image, wait until it is ready, and return cached tile URLs of it."""
+    await timed_get(session, f"{base_url}/images/{image_id}")
+    info = await wait_ready(session, base_url, image_id, timeout)
+    return await tile_urls(session, info)
+
+
+@dataclass
+class LatencySample:
+    latencies: list[float]
+    errors: int
+    elapsed: float
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies)
+
+    def merge(self, other: LatencySample) -> LatencySample:
+        return LatencySample(
+            self.latencies + other.latencies,
+            self.errors + other.errors,
+            self.elapsed + other.elapsed,
+        )
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies, q)
+
+    def describe(self) -> str:
+        if not self.latencies:
+            return f"no successful requests ({self.errors} errors)"
+        return (
+            f"{self.count} requests in {self.elapsed:.1f}s ({self.count / self.elapsed:.0f}/s), "
+            f"p50 {self.p(50) * 1e3:.1f} ms, p99 {self.p(99) * 1e3:.1f} ms, "
+            f"max {max(self.latencies) * 1e3:.1f} ms, {self.errors} errors"
+        )
+
+
+async def sample_latency(
+    urls: Sequence[str],
+    connections: int,
+    max_requests: int,
+    max_seconds: float,
+    gap: float,
+    stop: asyncio.Event | None = None,
+) -> LatencySample:
+    """`connections` keep-alive clients cycling over `urls`, each pausing `gap` s between requests.
+
+    Ends at `max_requests`, after `max_seconds`, or when `stop` is set, whichever comes first.
+    """
+    latencies: list[float] = []
+    errors = 0
+    issued = itertools.count()
+    started = time.monotonic()
+    deadline = started + max_seconds
+    connector = aiohttp.TCPConnector(limit=connections)
+
+    def more() -> bool:
+        return time.monotonic() < deadline and not (stop is not None and stop.is_set())
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        while more():
+            n = next(issued)
+            if n >= max_requests:
+                return
+            t = time.perf_counter()
+            try:
+                async with session.get(urls[n % len(urls)]) as response:
+                    await response.read()
+                    ok = response.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - t)
+            else:
+                errors += 1
+            if gap > 0:
+                await asyncio.sleep(gap)
+
+    async with aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT) as session:
+        await asyncio.gather(*(client(session) for _ in range(connections)))
+    return LatencySample(latencies, errors, time.monotonic() - started)
