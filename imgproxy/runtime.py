@@ -49,8 +49,9 @@ async def open_runtime(
         stack.push_async_callback(store.close)
         session = make_session(settings.limits)
         stack.push_async_callback(session.close)
-        # workers + the express worker + one for renditions built on request
-        pool = ProcessingPool(settings.processing.workers + 2)
+        # Each worker (and the express one) may run two builds at once (display beside the
+        # pyramid), plus one thread for renditions built on request.
+        pool = ProcessingPool(2 * (settings.processing.workers + 1) + 1)
         stack.push_async_callback(asyncio.to_thread, pool.shutdown)
         origins = build_origins(settings.origins, session)
         stack.push_async_callback(close_origins, origins)

@@ -174,6 +174,42 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
     vdir = layout.version_dir(image_id, version)
     is_new_version = version != served
 
+    widths = rendition_widths(width, p.widths)
+    formats = rendition_formats(p.formats, has_alpha)
+    need_display = not (
+        current.display and _renditions_exist(layout, image_id, version, widths, formats)
+    )
+    need_zoom = not (current.zoom and layout.dzi(image_id, version).exists())
+
+    async def display() -> None:
+        t = time.monotonic()
+        await pool.run(
+            pipeline.build_renditions,
+            original,
+            lambda w, f: layout.rendition(image_id, version, w, f),
+            widths,
+            formats,
+            p.quality,
+        )
+        ctx.metrics.observe("imgproxy_stage_seconds", time.monotonic() - t, stage="display")
+        # Viewers switch to a new version only now that it has everything the old one showed.
+        await store.set_stage(image_id, version, "display", switch=True)
+        await _publish(ctx, image_id)
+        if is_new_version:
+            ctx.retire(image_id, served)
+
+    async def tiles() -> None:
+        t = time.monotonic()
+        await pool.run(
+            pipeline.build_tiles, original, vdir, p.tile_size, p.tile_overlap, p.tile_format,
+            p.quality,
+        )  # fmt: skip
+        ctx.metrics.observe("imgproxy_stage_seconds", time.monotonic() - t, stage="zoom")
+
+    async def zoom_built() -> None:
+        await store.set_stage(image_id, version, "zoom")
+        await _publish(ctx, image_id)
+
     try:
         if not (current.placeholder and layout.placeholder(image_id, version).exists()):
             t = time.monotonic()
@@ -187,54 +223,38 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
             await store.set_stage(image_id, version, "placeholder")
             await _publish(ctx, image_id)
 
-        widths = rendition_widths(width, p.widths)
-        formats = rendition_formats(p.formats, has_alpha)
-        built_display = False
-        if not (current.display and _renditions_exist(layout, image_id, version, widths, formats)):
-            built_display = True
-            t = time.monotonic()
-            await pool.run(
-                pipeline.build_renditions,
-                original,
-                lambda w, f: layout.rendition(image_id, version, w, f),
-                widths,
-                formats,
-                p.quality,
-            )
-            ctx.metrics.observe("imgproxy_stage_seconds", time.monotonic() - t, stage="display")
-            # Viewers switch to a new version only now that it has everything the old one showed.
-            await store.set_stage(image_id, version, "display", switch=True)
-            await _publish(ctx, image_id)
-            if is_new_version:
-                ctx.retire(image_id, served)
         if through == "display":
-            return "partial"
-        # Only right after building display, so the job tiles on its next turn (no ping-pong).
-        if (
-            built_display
-            and not current.zoom
-            and await store.others_waiting(image_id, job.priority)
-        ):
-            # Round robin: every waiting viewer gets its placeholder and display first; the
-            # pyramid (the long part) is built when this job's turn comes again.
-            log.info("image %s: display built; tiling deferred behind waiting jobs", image_id)
+            if need_display:
+                await display()
             return "partial"
 
-        if not (current.zoom and layout.dzi(image_id, version).exists()):
+        waiting = await store.others_waiting(image_id, job.priority)
+        if need_display and need_zoom and not waiting:
+            # Nobody else is waiting: build the pyramid alongside the display renditions. JPEG
+            # decoding is single-threaded, so the two together keep both cores busy; the
+            # stages are still published in order (display, then zoom).
+            pyramid = asyncio.ensure_future(tiles())
+            try:
+                await display()
+            except BaseException:
+                await asyncio.gather(pyramid, return_exceptions=True)
+                raise
             await _status(ctx, image_id, "tiling")
-            t = time.monotonic()
-            await pool.run(
-                pipeline.build_tiles,
-                original,
-                vdir,
-                p.tile_size,
-                p.tile_overlap,
-                p.tile_format,
-                p.quality,
-            )
-            ctx.metrics.observe("imgproxy_stage_seconds", time.monotonic() - t, stage="zoom")
-            await store.set_stage(image_id, version, "zoom")
-            await _publish(ctx, image_id)
+            await pyramid
+            await zoom_built()
+        else:
+            if need_display:
+                await display()
+                if need_zoom and waiting:
+                    # Round robin: every waiting viewer gets its placeholder and display first;
+                    # the pyramid is built on this job's next turn (then display is done, so
+                    # it does not defer again).
+                    log.info("image %s: display built; tiling deferred", image_id)
+                    return "partial"
+            if need_zoom:
+                await _status(ctx, image_id, "tiling")
+                await tiles()
+                await zoom_built()
     except pipeline.InvalidImage as exc:
         raise JobFailed("invalidImage", str(exc)) from exc
 
@@ -298,5 +318,6 @@ async def retire_version(ctx: JobContext, image_id: str, old_version: int) -> No
     await asyncio.sleep(RETIRE_GRACE)
     # A pyramid has thousands of files: never remove them on the event loop.
     await asyncio.to_thread(remove, ctx.layout.version_dir(image_id, old_version))
+    ctx.service.on_gone(image_id)  # nor from memory
     with contextlib.suppress(StoreError):
         await ctx.measure(image_id)
