@@ -35,7 +35,8 @@ async def _nothing(_image_id: str) -> None:
     return None
 
 
-RETIRE_GRACE = 60.0  # seconds an old version's files outlive the switch
+RETIRE_GRACE = 60.0
+EARLY_PYRAMID_PIXELS = 40_000_000  # from this size the pyramid starts beside the placeholder  # seconds an old version's files outlive the switch
 
 
 @dataclass
@@ -210,8 +211,19 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
         await store.set_stage(image_id, version, "zoom")
         await _publish(ctx, image_id)
 
+    need_placeholder = not (current.placeholder and layout.placeholder(image_id, version).exists())
+    pyramid: asyncio.Future[None] | None = None
     try:
-        if not (current.placeholder and layout.placeholder(image_id, version).exists()):
+        waiting = through == "zoom" and await store.others_waiting(image_id, job.priority)
+        alongside = through == "zoom" and need_display and need_zoom and not waiting
+        # Nobody else is waiting: build the pyramid beside the other stages. JPEG decoding is
+        # single-threaded, so it leaves a core for them; stages are still published in order.
+        # A small image starts it after its placeholder, so that a viewer waiting for the
+        # placeholder gets both cores; a huge one at once (its placeholder is little work).
+        huge = width * (current.height or 0) >= EARLY_PYRAMID_PIXELS
+        if alongside and (huge or not need_placeholder):
+            pyramid = asyncio.ensure_future(tiles())
+        if need_placeholder:
             t = time.monotonic()
             await pool.run(
                 pipeline.build_placeholder,
@@ -228,35 +240,27 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
                 await display()
             return "partial"
 
-        waiting = await store.others_waiting(image_id, job.priority)
-        if need_display and need_zoom and not waiting:
-            # Nobody else is waiting: build the pyramid alongside the display renditions. JPEG
-            # decoding is single-threaded, so the two together keep both cores busy; the
-            # stages are still published in order (display, then zoom).
+        if alongside and pyramid is None:
             pyramid = asyncio.ensure_future(tiles())
-            try:
-                await display()
-            except BaseException:
-                await asyncio.gather(pyramid, return_exceptions=True)
-                raise
+        if need_display:
+            await display()
+            if need_zoom and waiting:
+                # Round robin: every waiting viewer gets its placeholder and display first;
+                # the pyramid is built on this job's next turn (then display is done, so it
+                # does not defer again).
+                log.info("image %s: display built; tiling deferred", image_id)
+                return "partial"
+        if need_zoom:
             await _status(ctx, image_id, "tiling")
-            await pyramid
+            await (pyramid if pyramid is not None else tiles())
+            pyramid = None
             await zoom_built()
-        else:
-            if need_display:
-                await display()
-                if need_zoom and waiting:
-                    # Round robin: every waiting viewer gets its placeholder and display first;
-                    # the pyramid is built on this job's next turn (then display is done, so
-                    # it does not defer again).
-                    log.info("image %s: display built; tiling deferred", image_id)
-                    return "partial"
-            if need_zoom:
-                await _status(ctx, image_id, "tiling")
-                await tiles()
-                await zoom_built()
-    except pipeline.InvalidImage as exc:
-        raise JobFailed("invalidImage", str(exc)) from exc
+    except BaseException as exc:
+        if pyramid is not None:  # its thread runs on regardless: wait for it, drop its result
+            await asyncio.gather(pyramid, return_exceptions=True)
+        if isinstance(exc, pipeline.InvalidImage):
+            raise JobFailed("invalidImage", str(exc)) from exc
+        raise
 
     await _status(ctx, image_id, "storing")
     await store.set_status(image_id, "ready")
