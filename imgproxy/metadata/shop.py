@@ -91,7 +91,7 @@ class Shop:
     async def find_owner(self, org_id: str, kind: str, ref: str) -> Owner | None:
         """An owner by numeric id, else by handle (a handle may be all digits too)."""
         columns = "SELECT id, org_id, kind, handle, title FROM owners"
-        if ref.isdigit() and len(ref) < 19:
+        if ref.isascii() and ref.isdigit() and len(ref) < 19:
             row = await self.store.fetchone(
                 f"{columns} WHERE id = ? AND org_id = ? AND kind = ?", (int(ref), org_id, kind)
             )

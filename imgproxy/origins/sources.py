@@ -31,7 +31,11 @@ SCHEMES = ("http", "https", "s3", "ftp")
 
 def check_source_url(url: str) -> str | None:
     """Why `url` cannot be a sourceUrl, or None when it can."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return "is not a valid URL"
     if parts.scheme not in SCHEMES:
         return f"scheme must be one of {', '.join(SCHEMES)}"
     if not parts.netloc or not parts.hostname:

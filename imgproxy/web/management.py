@@ -128,7 +128,8 @@ async def folder_create(request: web.Request) -> web.Response:
     body = await json_object(request)
     org_id = await _authorised(state, request, body)
     name = string_field(body, "name", required=False, max_length=MAX_NAME) or ""
-    folder_type = string_field(body, "type", required=False, max_length=16) or "folder"
+    folder_type = string_field(body, "type", required=False, max_length=16)
+    folder_type = "folder" if folder_type is None else folder_type
     if folder_type not in FOLDER_TYPES:
         raise ApiError(400, f"type: must be one of {', '.join(FOLDER_TYPES)}")
     parent_id = string_field(body, "parentId", max_length=64)

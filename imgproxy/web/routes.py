@@ -14,7 +14,7 @@ from imgproxy.web.middlewares import cors_headers
 from imgproxy.web.store_api import setup_store_routes
 
 ID = "{id}"
-VERSION = "v{version:\\d+}"
+VERSION = "v{version:\\d{1,9}}"
 
 
 def setup_routes(app: web.Application) -> None:
@@ -34,13 +34,18 @@ def setup_routes(app: web.Application) -> None:
         viewer.rendition,
         name="rendition",
     )
-    r.add_route("OPTIONS", "/images/{tail:.*}", preflight, name="preflight")
+    # Preflights on the viewer routes themselves: a catch-all would turn unknown paths into 405s.
+    for name in ("image", "info", "events", "placeholder", "dzi", "tile", "rendition"):
+        resource = r[name]
+        assert isinstance(resource, web.Resource)
+        resource.add_route("OPTIONS", preflight)
     r.add_route("OPTIONS", "/smart-frame.js", preflight)
     r.add_get("/smart-frame.js", smart_frame, name="smart-frame")
     r.add_get("/demo", demo, name="demo")
     r.add_get("/", index, name="index")
-    r.add_get("/v1/eis/create/{id}", hooks.create, name="hook-create")
-    r.add_get("/v1/eis/update/{id}", hooks.update, name="hook-update")
+    # No HEAD twins: a HEAD must not create or update anything.
+    r.add_get("/v1/eis/create/{id}", hooks.create, name="hook-create", allow_head=False)
+    r.add_get("/v1/eis/update/{id}", hooks.update, name="hook-update", allow_head=False)
     r.add_post("/v2/images/add", management.add, name="images-add")
     r.add_post("/v2/image/status", management.image_status, name="image-status")
     r.add_post("/v2/folder/status", management.folder_status, name="folder-status")
@@ -96,7 +101,8 @@ async def healthz(request: web.Request) -> web.Response:
         await state.store.ping()
         queue = await state.store.queue_depth()
     except StoreError as exc:
-        return json_response({"status": "error", "failed": f"metadata store: {exc}"}, status=503)
+        failed = f"metadata store: {exc}"
+        return json_response({"status": "error", "error": failed, "failed": failed}, status=503)
     return json_response(
         {
             "status": "ok",

@@ -120,7 +120,7 @@ def _int_param(
     text = request.query.get(name)
     if text is None or text == "":
         return default
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise ApiError(400, f"{name}: must be a whole number, got {text[:40]!r}")
     value = int(text)
     if not low <= value <= high:
@@ -181,7 +181,7 @@ async def count_images(request: web.Request) -> web.Response:
 
 def _image_id(request: web.Request) -> int:
     text = request.match_info["image_id"]
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise ApiError(400, f"image id must be numeric, got {text[:40]!r}")
     return int(text)
 
@@ -248,7 +248,7 @@ async def _take_bytes(state: AppState, item: dict[str, Any], dest: Path) -> str 
             raise ApiError(422, "image.attachment: not valid base64") from None
         await asyncio.to_thread(_write, dest, data)
         return None
-    if not isinstance(src, str) or urlsplit(src).scheme not in ("http", "https"):
+    if not isinstance(src, str) or _scheme(src) not in ("http", "https"):
         raise ApiError(400, "image.src: must be an http(s) URL")
     try:
         await pull_url(state.fetcher, src, dest, limit, retries=1)
@@ -260,6 +260,15 @@ async def _take_bytes(state: AppState, item: dict[str, Any], dest: Path) -> str 
         raise ApiError(422, f"image.src: could not be fetched: {exc}") from None
     name = PurePosixPath(unquote(urlsplit(src).path)).name
     return name or None
+
+
+def _scheme(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return None
+    return parts.scheme
 
 
 def _write(dest: Path, data: bytes) -> None:
@@ -322,7 +331,7 @@ async def update_image(request: web.Request) -> web.Response:
         raise ApiError(400, "image: required object")
     if "id" not in item:
         raise ApiError(400, "image.id: required")
-    if item["id"] != image.id:
+    if isinstance(item["id"], bool) or item["id"] != image.id:
         raise ApiError(422, f"image.id must equal the id in the URL ({image.id})")
     current = _image_json(state, owner, image)
     changed = sorted(

@@ -250,6 +250,14 @@ async def tile(request: web.Request) -> web.StreamResponse:
     return _file(path, CONTENT_TYPES[tile_format], IMMUTABLE)
 
 
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match: `*`, or a list of (possibly weak) entity tags."""
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
 def _immutable(
     request: web.Request, state: AppState, image_id: str, path: Path, content_type: str
 ) -> web.Response | None:
@@ -258,7 +266,7 @@ def _immutable(
     if hot is None:
         return None
     headers = {"Cache-Control": IMMUTABLE, "ETag": hot.etag}
-    if request.headers.get("If-None-Match") == hot.etag:
+    if _matches(request.headers.get("If-None-Match"), hot.etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=hot.body, content_type=content_type, headers=headers)
 
