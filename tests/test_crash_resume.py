@@ -2,60 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from tests.conftest import FakeOrigin, make_image, poll
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def write_config(tmp_path: Path, origin_url: str, port: int) -> Path:
-    config = tmp_path / "imgproxy.toml"
-    config.write_text(
-        f"""
-[server]
-port = {port}
-
-[storage]
-dir = "{tmp_path / "data"}"
-
-[processing]
-widths = [320, 640]
-
-[limits]
-read_timeout = 20.0
-allow_private_networks = true
-
-[[origins]]
-name = "web"
-type = "http"
-url = "{origin_url}{{id}}"
-"""
-    )
-    return config
-
-
-def start_server(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "imgproxy", "serve", "-c", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+from tests.serverproc import free_port, start_server, write_config
 
 
 async def info(session: aiohttp.ClientSession, base: str, image_id: str) -> dict[str, Any] | None:

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import random
 import re
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ import pyvips
 
 from imgproxy.metadata.store import BULK, MetadataStore
 from tests.conftest import FakeOrigin, make_image, poll
-from tests.test_crash_resume import free_port, start_server, write_config
+from tests.serverproc import create_org, free_port, start_server, write_config
 
 SEED = 20240808  # the kill moments and image sizes: CI replays the same run
 KILLS = 3
@@ -46,26 +44,6 @@ def make_sources(origin: FakeOrigin, rng: random.Random) -> list[str]:
         origin.files[name] = make_image(width, height, fmt, alpha=fmt == "png", seed=n + 2)
         names.append(name)
     return names
-
-
-async def create_org(config: Path) -> dict[str, str]:
-    """`imgproxy org create` as a user runs it; its JSON line."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "imgproxy",
-        "org",
-        "create",
-        "Migration",
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    made: dict[str, str] = json.loads(out)
-    return made
 
 
 async def healthz(session: aiohttp.ClientSession, base: str) -> dict[str, Any] | None:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -27,7 +25,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import make_image, poll
-from tests.test_crash_resume import free_port, start_server
+from tests.serverproc import create_org, free_port, start_server
 
 LOAD_SECONDS = float(os.environ.get("IMGPROXY_LOAD_SECONDS", "120"))
 WARMUP_SECONDS = 15.0
@@ -96,25 +94,6 @@ def make_originals(folder: Path, rng: random.Random) -> None:
         width, height = rng.randint(300, 700), rng.randint(300, 700)
         data = make_image(width, height, fmt, alpha=fmt == "png", seed=n + 3)
         (folder / f"{image_id}.{fmt}").write_bytes(data)
-
-
-async def create_org(config: Path) -> dict[str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "imgproxy",
-        "org",
-        "create",
-        "Load",
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    made: dict[str, str] = json.loads(out)
-    return made
 
 
 def rss_kib(pid: int) -> int:
