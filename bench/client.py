@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import re
 import time
@@ -87,6 +88,93 @@ async def wait_ready(
                 await response.read()
         await asyncio.sleep(POLL_INTERVAL)
     raise TimeoutError(f"{image_id} not ready after {timeout:.0f}s (last: {last.get('status')})")
+
+
+@dataclass
+class Milestones:
+    """When (seconds after `started`) each stage or status was first seen on /events."""
+
+    started: float
+    seen: dict[str, float] = field(default_factory=dict)
+    display_get: Timed | None = None  # the GET ?w=... made as soon as display was announced
+    display_served: float | None = None  # seconds after `started` it was fully read
+
+    def mark(self, key: str) -> None:
+        self.seen.setdefault(key, time.perf_counter() - self.started)
+
+
+async def follow_events(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    image_id: str,
+    timeout: float,
+    started: float,
+    display_width: int | None = None,
+) -> Milestones:
+    """Follow GET /images/{id}/events until ready (bounded by `timeout`); error -> raise.
+
+    With `display_width`, the moment display is announced `GET /images/{id}?w=…` is made (the
+    stream is read on afterwards) and must answer `X-Image-Stage: display`."""
+    got = Milestones(started)
+    url = f"{base_url}/images/{image_id}/events"
+    async with asyncio.timeout(timeout), session.get(url) as response:
+        if response.status != 200:
+            raise RuntimeError(f"{url}: {response.status}")
+        async for line in response.content:
+            if not line.startswith(b"data: "):
+                continue
+            info = json.loads(line[len(b"data: ") :])
+            for stage, built in dict(info.get("stages") or {}).items():
+                if built:
+                    got.mark(stage)
+            got.mark(str(info.get("status")))
+            if info.get("status") == "error":
+                raise RuntimeError(f"{image_id} ended in error: {info.get('error')}")
+            if display_width is not None and got.display_get is None and "display" in got.seen:
+                shown = await timed_get(
+                    session,
+                    f"{base_url}/images/{image_id}?w={display_width}",
+                    {"Accept": BROWSER_ACCEPT},
+                )
+                got.display_served = time.perf_counter() - started
+                got.display_get = shown
+                stage = shown.headers.get("X-Image-Stage")
+                if shown.status != 200 or stage != "display":
+                    raise RuntimeError(
+                        f"GET {image_id}?w={display_width} after display was announced: "
+                        f"{shown.status}, X-Image-Stage {stage}"
+                    )
+            if info.get("status") == "ready":
+                return got
+    raise RuntimeError(f"{url}: the stream ended before ready ({sorted(got.seen)})")
+
+
+async def stage_metrics(
+    session: aiohttp.ClientSession, base_url: str
+) -> dict[str, tuple[float, int]]:
+    """The server's own per-stage (total seconds, count) from /metrics."""
+    async with session.get(f"{base_url}/metrics") as response:
+        text = await response.text()
+    found: dict[str, tuple[float, int]] = {}
+    for line in text.splitlines():
+        for kind in ("sum", "count"):
+            prefix = f'imgproxy_stage_seconds_{kind}{{stage="'
+            if line.startswith(prefix):
+                stage = line.split('"')[1]
+                value = float(line.rsplit(" ", 1)[1])
+                total, count = found.get(stage, (0.0, 0))
+                found[stage] = (value, count) if kind == "sum" else (total, int(value))
+    return found
+
+
+def describe_stage_means(stages: dict[str, tuple[float, int]]) -> str:
+    """`stage mean ms` per stage, as the server measured them."""
+    parts = [
+        f"{stage} {total / count * 1e3:.0f} ms"
+        for stage, (total, count) in sorted(stages.items())
+        if count
+    ]
+    return ", ".join(parts) or "none"
 
 
 async def tile_urls(

@@ -1,13 +1,13 @@
-"""Figures 2 and 3 on the big (250 MPix; quick: 61 MPix) original, file origin.
+"""Figure 1 (and 1b) on the big (250 MPix; quick: 61 MPix) original, file origin.
 
-Figure 2: from the first `GET /images/{id}` until info.json says `ready` (placeholder, every
+Figure 1: from the first `GET /images/{id}` until info.json says `ready` (placeholder, every
 width and format, DeepZoom pyramid), beside a bare pyvips dzsave of the same file in its own
 process; and the peak RSS (VmHWM) of each. Each run has a fresh server, and the order of
 ours and the reference alternates between runs; the figure is the median over runs.
 
-Figure 3: p99 latency of already-cached tiles (a small image made ready first) while the big
+Figure 1b: p99 latency of already-cached tiles (a small image made ready first) while the big
 image processes, beside the same requests on the idle server. These runs are separate from
-figure 2's, so the tile traffic does not slow the pipeline being timed.
+figure 1's, so the tile traffic does not slow the pipeline being timed.
 """
 
 from __future__ import annotations
@@ -63,21 +63,21 @@ def _rows(plan: Plan, big: Original) -> tuple[Row, Row, Row]:
     mpix = f"{big.megapixels:.0f} MPix"
     runs = plan.pipeline_runs
     time_row = Row(
-        f"2. whole pipeline, {big.width}x{big.height} ({mpix}), {_runs(runs, 'paired run')}",
+        f"1. whole pipeline, {big.width}x{big.height} ({mpix}), {_runs(runs, 'paired run')}",
         "s",
         reference_name="bare dzsave",
         target=f"ratio <= {PIPELINE_RATIO_TARGET}",
         check=lambda r: r.ratio is not None and r.ratio <= PIPELINE_RATIO_TARGET,
     )
     rss_row = Row(
-        f"2. peak RSS (VmHWM) of the server, max over {_runs(runs, 'run')}",
+        f"1. peak RSS (VmHWM) of the server, max over {_runs(runs, 'run')}",
         "MiB",
         reference_name="bare dzsave",
         target=f"<= {RSS_TARGET_MIB:.0f} MiB",
         check=lambda r: r.ours is not None and r.ours <= RSS_TARGET_MIB,
     )
     p99_row = Row(
-        f"3. cached tile p99 while {mpix} processes, {plan.tile_connections} conns",
+        f"1b. cached tile p99 while {mpix} processes, {plan.tile_connections} conns",
         "ms",
         reference_name="idle server",
         target=f"<= {TILE_P99_TARGET_MS:.0f} ms",
@@ -120,9 +120,9 @@ async def pipeline_figures(plan: Plan, images: TestSet, origin_port: int, report
         p99_row.ours = busy.p(99) * 1e3
         p99_row.reference = idle.p(99) * 1e3
         notes += [
-            f"figure 3 idle server ({plan.tile_connections} conns, {_pacing(plan)}): "
+            f"figure 1b idle server ({plan.tile_connections} conns, {_pacing(plan)}): "
             f"{idle.describe()}",
-            f"figure 3 while processing ({plan.tile_connections} conns, {_pacing(plan)}; "
+            f"figure 1b while processing ({plan.tile_connections} conns, {_pacing(plan)}; "
             f"the big pipeline took "
             f"{', '.join(f'{s:.2f}' for s in seconds)} s under this load): {busy.describe()}",
         ]
@@ -136,14 +136,14 @@ async def pipeline_figures(plan: Plan, images: TestSet, origin_port: int, report
 
 def _pipeline_notes(big: Original, runs: Sequence[PipelineRun]) -> list[str]:
     notes = [
-        f"figure 2: {big.size_mb:.0f} MB original via the file origin; the first GET answered "
+        f"figure 1: {big.size_mb:.0f} MB original via the file origin; the first GET answered "
         f"{runs[0].ours.first.status} {runs[0].ours.first.headers.get('X-Image-Stage', '-')} "
         f"in {runs[0].ours.first.seconds * 1e3:.0f} ms (median "
         f"{statistics.median(r.ours.first.seconds for r in runs) * 1e3:.0f} ms)"
     ]
     for i, run in enumerate(runs, 1):
         notes.append(
-            f"figure 2 run {i}: ours {run.ours.seconds:.2f} s using {run.ours.cores:.2f} cores "
+            f"figure 1 run {i}: ours {run.ours.seconds:.2f} s using {run.ours.cores:.2f} cores "
             f"on average, bare dzsave {run.bare.seconds:.2f} s using {run.bare.cores:.2f} cores "
             f"(ratio {run.ours.seconds / run.bare.seconds:.2f}); "
             f"status timeline {run.ours.timeline}; server stage totals {run.stages}; "
@@ -151,12 +151,12 @@ def _pipeline_notes(big: Original, runs: Sequence[PipelineRun]) -> list[str]:
         )
     ratios = sorted(r.ours.seconds / r.bare.seconds for r in runs)
     notes.append(
-        f"figure 2 paired ratios (each run's ours / its own reference, the table's ratio is "
+        f"figure 1 paired ratios (each run's ours / its own reference, the table's ratio is "
         f"their median): {', '.join(f'{x:.3f}' for x in ratios)}; times in the table are the "
         "medians of each side"
     )
     notes.append(
-        f"figure 2 pyramid: ours {runs[0].ours_tiles} tiles, bare dzsave {runs[0].bare.tiles} tiles"
+        f"figure 1 pyramid: ours {runs[0].ours_tiles} tiles, bare dzsave {runs[0].bare.tiles} tiles"
     )
     return notes
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pyvips
 
-from bench.plan import FILE_PREFIX, HTTP_PREFIX, ORIGINALS_DIR, Plan
+from bench.plan import FILE_PREFIX, HTTP_PREFIX, MIGRATION_PREFIX, ORIGINALS_DIR, Plan
 
 UPSCALE = 8  # the noise is computed at 1/8 size, then resized up
 GRAIN_SIGMA = 6.0
 QUALITY = 88
+MIGRATION_BASE = (4000, 3000)  # migration originals are crops of one such photo, regrained
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,10 @@ class Original:
 
 @dataclass(frozen=True)
 class TestSet:
-    cold: list[Original]  # figure 1, served by the http origin
-    big: Original  # figures 2 and 3, file origin
-    tiles: Original  # figure 3's pre-warmed image, file origin
+    cold: list[Original]  # figures 2, 3, 4, 5 and 7, served by the http origin
+    big: Original  # figure 1 and the tile p99 under load, file origin
+    tiles: Original  # the pre-warmed image of the tile p99 under load, file origin
+    migration: list[Original]  # figure 6, fetched by URL (`m-*.jpg` from the http origin)
 
 
 def _photo(width: int, height: int, seed: int) -> pyvips.Image:
@@ -70,15 +72,53 @@ def ensure(image_id: str, width: int, height: int, seed: int) -> Original:
     if not path.exists():
         ORIGINALS_DIR.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        tmp = path.with_name(f".{path.name}.tmp")
-        _photo(width, height, seed).jpegsave(str(tmp), Q=QUALITY, keep="none")
-        os.replace(tmp, path)
+        _save(_photo(width, height, seed), path)
         print(
             f"  generated {path.name}: {width}x{height}, {path.stat().st_size / 1e6:.1f} MB "
             f"in {time.perf_counter() - started:.1f}s",
             flush=True,
         )
     return Original(image_id, path, width, height)
+
+
+def _save(image: pyvips.Image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.jpegsave(str(tmp), Q=QUALITY, keep="none")
+    os.replace(tmp, path)
+
+
+def ensure_migration(count: int, width: int, height: int) -> list[Original]:
+    """`count` distinct originals: crops of one generated photo at different offsets, each
+    with its own grain (so no two files share bytes). Made once, reused across runs."""
+    originals = [
+        Original(
+            f"{MIGRATION_PREFIX}mig-{width}x{height}-{i:03d}",
+            ORIGINALS_DIR / f"{MIGRATION_PREFIX}mig-{width}x{height}-{i:03d}.jpg",
+            width,
+            height,
+        )
+        for i in range(count)
+    ]
+    missing = [o for o in originals if not o.path.exists()]
+    if not missing:
+        return originals
+    ORIGINALS_DIR.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    bw, bh = MIGRATION_BASE
+    base = _photo(bw, bh, seed=9).copy_memory()
+    for original in missing:
+        i = int(original.image_id.rsplit("-", 1)[1])
+        left = (i * 137) % (bw - width)
+        top = (i * 71) % (bh - height)
+        grain = pyvips.Image.gaussnoise(width, height, sigma=GRAIN_SIGMA / 2, mean=0, seed=1000 + i)
+        image = (base.crop(left, top, width, height) + grain).cast("uchar")
+        _save(image.copy(interpretation="srgb"), original.path)
+    print(
+        f"  generated {len(missing)} migration originals ({width}x{height}) in "
+        f"{time.perf_counter() - started:.1f}s",
+        flush=True,
+    )
+    return originals
 
 
 def ensure_all(plan: Plan) -> TestSet:
@@ -91,4 +131,5 @@ def ensure_all(plan: Plan) -> TestSet:
     ]
     big = ensure(f"{FILE_PREFIX}big-{bw}x{bh}", bw, bh, seed=7)
     tiles = ensure(f"{FILE_PREFIX}tiles-{tw}x{th}", tw, th, seed=8)
-    return TestSet(cold, big, tiles)
+    migration = ensure_migration(plan.migration_count, *plan.migration_size)
+    return TestSet(cold, big, tiles, migration)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import statistics
 import subprocess
 import time
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from bench.client import percentile
 from bench.plan import WORK_DIR
 
 WARMUP_SECONDS = 1.0
@@ -23,6 +25,17 @@ class Throughput:
     requests: int
     errors: int
     seconds: float
+    p50: float | None = None  # latency, seconds
+    p99: float | None = None
+
+    def describe(self) -> str:
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value * 1e3:.1f} ms"
+
+        return (
+            f"{self.requests} requests in {self.seconds:.1f}s ({self.per_second:,.0f}/s, "
+            f"{self.tool}), p50 {ms(self.p50)}, p99 {ms(self.p99)}, {self.errors} errors"
+        )
 
     @property
     def per_second(self) -> float:
@@ -45,6 +58,15 @@ def _lua_script(paths: Sequence[str]) -> str:
     )
 
 
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def _latency(output: str, percent: str) -> float | None:
+    """A line of wrk's --latency distribution (e.g. `99%  12.34ms`), in seconds."""
+    found = re.search(rf"^\s*{percent}%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.MULTILINE)
+    return float(found.group(1)) * UNITS[found.group(2)] if found else None
+
+
 def _parse_wrk(output: str, seconds: float) -> Throughput:
     total = re.search(r"(\d+) requests in ([\d.]+)(m?s)", output)
     if total is None:
@@ -59,7 +81,14 @@ def _parse_wrk(output: str, seconds: float) -> Throughput:
     )
     if socket_errors:
         errors += sum(int(g) for g in socket_errors.groups())
-    return Throughput("wrk", int(total.group(1)), errors, duration or seconds)
+    return Throughput(
+        "wrk",
+        int(total.group(1)),
+        errors,
+        duration or seconds,
+        _latency(output, "50"),
+        _latency(output, "99"),
+    )
 
 
 async def run_wrk(
@@ -75,6 +104,7 @@ async def run_wrk(
         f"-d{max(1, round(seconds))}s",
         "--timeout",
         "5s",
+        "--latency",
         "-s",
         str(script),
         base_url,
@@ -93,6 +123,7 @@ async def run_aiohttp(
     """The fallback: closed-loop aiohttp clients in this process (the client may be the limit)."""
     count = 0
     errors = 0
+    latencies: list[float] = []
     deadline = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(limit=connections)
     timeout = aiohttp.ClientTimeout(total=10)
@@ -101,11 +132,13 @@ async def run_aiohttp(
         nonlocal count, errors
         i = offset
         while time.monotonic() < deadline:
+            t = time.perf_counter()
             try:
                 async with session.get(base_url + paths[i % len(paths)]) as response:
                     await response.read()
                     if response.status == 200:
                         count += 1
+                        latencies.append(time.perf_counter() - t)
                     else:
                         errors += 1
             except (aiohttp.ClientError, TimeoutError):
@@ -115,7 +148,11 @@ async def run_aiohttp(
     started = time.monotonic()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(*(client(session, n) for n in range(connections)))
-    return Throughput("aiohttp", count, errors, time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    if not latencies:
+        return Throughput("aiohttp", count, errors, elapsed)
+    p50, p99 = statistics.median(latencies), percentile(latencies, 99)
+    return Throughput("aiohttp", count, errors, elapsed, p50, p99)
 
 
 async def measure(

@@ -27,6 +27,29 @@ def thumbnail_seconds(path: Path, width: int = 32) -> float:
     return time.perf_counter() - started
 
 
+def one_rendition_seconds(path: Path, width: int) -> float:
+    """What thumbor's figure needs at least: one shrink-on-load thumbnail, encoded to JPEG."""
+    started = time.perf_counter()
+    image = pyvips.Image.thumbnail(str(path), width, height=10_000_000, size="down")
+    image.jpegsave_buffer(Q=82, keep="none", optimize_coding=True)
+    return time.perf_counter() - started
+
+
+def all_renditions_seconds(path: Path, widths: list[int], formats: list[str]) -> float:
+    """What the display stage builds: every width and format from one decode, to buffers."""
+    started = time.perf_counter()
+    base = pyvips.Image.thumbnail(str(path), max(widths), height=10_000_000, size="down")
+    base = base.copy_memory()
+    for width in sorted(widths, reverse=True):
+        image = base if width == base.width else base.resize(width / base.width, kernel="lanczos3")
+        for fmt in formats:
+            if fmt == "webp":
+                image.webpsave_buffer(Q=82, keep="none", effort=2)
+            else:
+                image.jpegsave_buffer(Q=82, keep="none", optimize_coding=True)
+    return time.perf_counter() - started
+
+
 @dataclass(frozen=True)
 class DzReference:
     seconds: float

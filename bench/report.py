@@ -32,6 +32,7 @@ class Row:
     check: Callable[[Row], bool] | None = None
     error: str | None = None
     paired_ratio: float | None = None  # median of per-run ours/reference ratios, when runs pair up
+    unavailable: str | None = None  # why the reference could not be measured (ours still is)
 
     @property
     def ratio(self) -> float | None:
@@ -47,12 +48,20 @@ class Row:
             return "ERROR"
         if self.check is None:
             return "info"
+        if self.unavailable is not None and self.reference is None and self.needs_reference:
+            return "no ref"
         return "pass" if self.check(self) else "FAIL"
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.target.startswith("ratio")
 
     def cells(self) -> tuple[str, ...]:
         ref = _value(self.reference, self.unit)
         if self.reference_name and self.reference is not None:
             ref = f"{ref} ({self.reference_name})"
+        elif self.unavailable is not None:
+            ref = f"unavailable ({self.reference_name})" if self.reference_name else "unavailable"
         ratio = "-" if self.ratio is None else f"{self.ratio:.3f}x"
         return (self.figure, _value(self.ours, self.unit), ref, ratio, self.target, self.result)
 
@@ -66,6 +75,12 @@ def _value(value: float | None, unit: str) -> str:
         return f"{value:.2f} s"
     if unit == "MiB":
         return f"{value:.0f} MiB"
+    if unit == "MB":
+        return f"{value:.0f} MB"
+    if unit == "img/s":
+        return f"{value:.2f} img/s"
+    if unit == "fetches":
+        return f"{value:.0f} fetch{'' if value == 1 else 'es'}"
     if unit == "req/s":
         return f"{value:,.0f} req/s"
     return f"{value:g} {unit}"
@@ -76,6 +91,8 @@ class Report:
     plan: Plan
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    facts: list[tuple[str, str]] = field(default_factory=list)  # versions of the references
+    timings: list[tuple[str, float]] = field(default_factory=list)  # seconds per figure group
     started: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
     load_before: tuple[float, float, float] = field(default_factory=os.getloadavg)
 
@@ -159,6 +176,7 @@ def machine_facts(report: Report) -> list[tuple[str, str]]:
         ("pyvips", pyvips.__version__),
         ("aiohttp", aiohttp.__version__),
         ("imgproxy commit", _git("rev-parse", "--short", "HEAD") + dirty),
+        *report.facts,
         (
             "load average (1/5/15 min)",
             f"{_load(report.load_before)} before, {_load(os.getloadavg())} after the run",
@@ -177,7 +195,10 @@ def markdown(report: Report, elapsed: float) -> str:
         "`make bench` (`make bench-quick` writes bench/work/results-quick.md)",
         "",
         "Every reference is measured in the same run, side by side; ratio = ours / reference "
-        "(for repeated paired runs, the median of the per-run ratios).",
+        "(for repeated paired runs or images, the median of the per-pair ratios). Figures are "
+        "numbered as in issue 7; lines marked (issue 4) are issue 4's; 1b is the tile latency "
+        "under load that accompanies figure 1. A result `no ref` means the reference could "
+        "not be had (see the end).",
         "",
         md_row(HEADERS),
         md_row(("---",) * len(HEADERS)),
@@ -190,15 +211,21 @@ def markdown(report: Report, elapsed: float) -> str:
         "## Details",
         "",
         *(f"- {note}" for note in report.notes),
+        "",
+        "## Run time per figure group",
+        "",
+        *(f"- {title}: {seconds:.0f} s" for title, seconds in report.timings),
     ]
     errors = [f"- {row.figure}: {row.error}" for row in report.rows if row.error]
     if errors:
         lines += ["", "## Errors", "", *errors]
+    missing = [f"- {row.figure}: {row.unavailable}" for row in report.rows if row.unavailable]
+    if missing:
+        lines += ["", "## References unavailable", "", *missing]
     return "\n".join(lines) + "\n"
 
 
-def write(report: Report, elapsed: float) -> Path:
-    path = report.plan.results_path
+def write(report: Report, elapsed: float, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown(report, elapsed), encoding="utf-8")
     return path

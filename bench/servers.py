@@ -1,9 +1,10 @@
 """The processes a run talks to, all on 127.0.0.1: imgproxy itself, and the references.
 
 - ImgproxyServer: `imgproxy serve -c <generated toml>` as a subprocess, fresh storage each start.
-- StaticOrigin: the loopback http origin (aiohttp, in the bench process).
-- NginxServer: nginx serving the imgproxy tile cache directly (figure 4's reference).
+- StaticOrigin: the loopback http origin (aiohttp, in the bench process), counting requests.
+- NginxServer: nginx serving the imgproxy cache directly (figure 4's reference).
 - BareStaticServer: a minimal aiohttp FileResponse server (`python -m bench.bare_static`).
+- ThumborServer: thumbor (its own venv, see install.py), HTTP loader, no storage (figures 2, 3).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
@@ -54,6 +56,36 @@ def vm_hwm_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (children of each of its threads, recursively)."""
+    found = [pid]
+    for current in found:  # grows while iterating: a breadth-first walk
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                found += [int(c) for c in task.read_text().split()]
+            except OSError:
+                pass
+    return found
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size now (VmRSS) of `pid` plus its child processes, in KiB."""
+    total = 0
+    for member in descendants(pid):
+        try:
+            total += _status_kib(member, "VmRSS")
+        except OSError:  # exited meanwhile
+            pass
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
@@ -256,15 +288,32 @@ async def running(server: ImgproxyServer) -> AsyncIterator[ImgproxyServer]:
         await server.stop()
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 class StaticOrigin:
-    """The loopback http origin: bench/work/originals/ over aiohttp (sendfile) in this process."""
+    """The loopback http origin: bench/work/originals/ over aiohttp (sendfile) in this process.
+
+    `requests[path]` counts every request it was sent (figure 7 checks one fetch per ID), and
+    `request_times[path]` says when each came."""
 
     def __init__(self) -> None:
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.requests: Counter[str] = Counter()
+        self.request_times: dict[str, list[float]] = {}  # path -> time.perf_counter() of each
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
 
     async def start(self) -> None:
-        app = web.Application()
+        @web.middleware
+        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+            self.requests[request.path] += 1
+            self.request_times.setdefault(request.path, []).append(time.perf_counter())
+            return await handler(request)
+
+        app = web.Application(middlewares=[count])
         app.router.add_static("/", ORIGINALS_DIR)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -278,20 +327,19 @@ class StaticOrigin:
             self._runner = None
 
 
-def tile_route_root(layout: CacheLayout, image_id: str) -> Path:
-    """The directory that /images/{id}/... maps onto for a static server (the id's shard)."""
-    return layout.image_dir(image_id).parent
-
-
 class NginxServer(ManagedProcess):
-    """nginx (one worker, sendfile) serving the tile URLs straight from imgproxy's cache dir."""
+    """nginx (one worker, sendfile) serving tile and rendition URLs straight from imgproxy's
+    cache dir; `shards` maps each image ID to its shard directory (a blake2s nginx lacks)."""
 
     stop_signal = signal.SIGQUIT
 
-    def __init__(self, label: str, shard_dir: Path, tile_format: str = "jpg") -> None:
+    def __init__(
+        self, label: str, cache_root: Path, shards: dict[str, str], tile_format: str = "jpg"
+    ) -> None:
         super().__init__(label)
         self.prefix = WORK_DIR / "nginx"
-        self.shard_dir = shard_dir
+        self.cache_root = cache_root
+        self.shards = shards
         self.tile_format = tile_format
 
     @staticmethod
@@ -305,28 +353,38 @@ class NginxServer(ManagedProcess):
             f"    {kind}_temp_path {p}/tmp/{kind};"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
+        shards = "\n".join(f'        "{i}" "{shard}";' for i, shard in sorted(self.shards.items()))
         disk_ext = TILE_DISK_EXT[self.tile_format]
+        immutable = 'add_header Cache-Control "public, max-age=31536000, immutable";'
         return f"""# generated by bench/servers.py
 {user}worker_processes 1;
 daemon off;
 pid {p}/nginx.pid;
 error_log {p}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections 2048; }}
 http {{
     access_log off;
     sendfile on;
     tcp_nopush on;
     keepalive_requests 1000000;
-    types {{ image/jpeg jpeg jpg; image/png png; image/webp webp; }}
+    types {{ image/jpeg jpeg jpg; image/png png; image/webp webp; image/avif avif; }}
     default_type application/octet-stream;
 {temps}
+    map $img $shard {{
+        default "-";
+{shards}
+    }}
     server {{
-        listen 127.0.0.1:{self.port};
+        listen 127.0.0.1:{self.port} backlog=1024;
+        root {self.cache_root};
         location = / {{ return 204; }}
-        location ~ ^/images/([^/]+)/v(\\d+)/zoom_files/(\\d+)/(\\d+)_(\\d+)\\.{self.tile_format}$ {{
-            root {self.shard_dir};
-            try_files /$1/v$2/zoom_files/$3/$4_$5.{disk_ext} =404;
-            add_header Cache-Control "public, max-age=31536000, immutable";
+        location ~ ^/images/(?<img>[^/]+)/v(?<ver>\\d+)/zoom_files/(?<lvl>\\d+)/(?<col>\\d+)_(?<row>\\d+)\\.{self.tile_format}$ {{
+            try_files /$shard/$img/v$ver/zoom_files/$lvl/${{col}}_${{row}}.{disk_ext} =404;
+            {immutable}
+        }}
+        location ~ ^/images/(?<img>[^/]+)/v(?<ver>\\d+)/(?<w>\\d+)\\.(?<ext>jpg|webp|avif|png)$ {{
+            try_files /$shard/$img/v$ver/$w.$ext =404;
+            {immutable}
         }}
     }}
 }}
@@ -346,12 +404,18 @@ http {{
         await wait_http(self.base_url + "/", self.proc, self.log, need_200=False)
 
 
-class BareStaticServer(ManagedProcess):
-    """The same tile URLs through a minimal aiohttp app: what our routing and middleware cost."""
+def shard_map(layout: CacheLayout, image_ids: Iterable[str]) -> dict[str, str]:
+    """Each image ID's shard directory name under the cache root."""
+    return {image_id: layout.image_dir(image_id).parent.name for image_id in image_ids}
 
-    def __init__(self, label: str, shard_dir: Path, tile_format: str = "jpg") -> None:
+
+class BareStaticServer(ManagedProcess):
+    """The same URLs through a minimal aiohttp app (what our routing and middleware cost), plus
+    `POST /echo`, a trivial JSON echo (the reference of the images/add answer time)."""
+
+    def __init__(self, label: str, cache_root: Path, tile_format: str = "jpg") -> None:
         super().__init__(label)
-        self.shard_dir = shard_dir
+        self.cache_root = cache_root
         self.tile_format = tile_format
 
     async def _start(self) -> None:
@@ -360,10 +424,49 @@ class BareStaticServer(ManagedProcess):
                 sys.executable,
                 "-m",
                 "bench.bare_static",
-                str(self.shard_dir),
+                str(self.cache_root),
                 str(self.port),
                 TILE_DISK_EXT[self.tile_format],
             ]
         )
         assert self.proc is not None
         await wait_http(self.base_url + "/", self.proc, self.log, need_200=False)
+
+
+THUMBOR_CONFIG = """# generated by bench/servers.py: every request cold (no storage, no result storage)
+LOADER = "thumbor.loaders.http_loader"
+STORAGE = "thumbor.storages.no_storage"
+RESULT_STORAGE = None
+ALLOW_UNSAFE_URL = True
+QUALITY = {quality}
+"""
+
+
+class ThumborServer(ManagedProcess):
+    """thumbor from its own venv (bench/work/thumbor-venv): one process, HTTP loader, no
+    storage of originals and no result storage, so each distinct URL is a cold request."""
+
+    def __init__(self, label: str, thumbor_bin: Path, quality: int) -> None:
+        super().__init__(label)
+        self.thumbor_bin = thumbor_bin
+        self.config = RUNS_DIR / f"{label}.conf"
+        self.quality = quality
+
+    async def _start(self) -> None:
+        self.config.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.config.write_text, THUMBOR_CONFIG.format(quality=self.quality))
+        self._spawn(
+            [
+                str(self.thumbor_bin),
+                "--port",
+                str(self.port),
+                "--ip",
+                "127.0.0.1",
+                "--conf",
+                str(self.config),
+                "--log-level",
+                "warning",
+            ]
+        )
+        assert self.proc is not None
+        await wait_http(self.base_url + "/healthcheck", self.proc, self.log, need_200=True)
