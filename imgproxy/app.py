@@ -29,8 +29,15 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=max_body,
     )
     app.cleanup_ctx.append(lambda a: _lifecycle(a, settings, metrics))
+    app.on_response_prepare.append(_record_replay)
     setup_routes(app)
     return app
+
+
+async def _record_replay(request: web.Request, response: web.StreamResponse) -> None:
+    state = request.app.get(STATE)
+    if state is not None:
+        await state.replays.record(request, response)
 
 
 async def _lifecycle(

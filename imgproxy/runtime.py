@@ -17,6 +17,7 @@ from imgproxy.images.service import ImageService
 from imgproxy.jobs.admission import Admission
 from imgproxy.jobs.runner import JobContext, retire_version
 from imgproxy.jobs.workers import Workers
+from imgproxy.memory import Memory
 from imgproxy.metadata.accounts import Accounts
 from imgproxy.metadata.catalog import Catalog
 from imgproxy.metadata.shop import Shop
@@ -30,6 +31,7 @@ from imgproxy.processing.pool import ProcessingPool
 from imgproxy.settings import Settings
 from imgproxy.state import AppState
 from imgproxy.web.auth import FailedAuth
+from imgproxy.web.replay import Replays
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ async def open_runtime(
         stack.push_async_callback(session.close)
         # Each worker (and the express one) may run two builds at once (display beside the
         # pyramid), plus one thread for renditions built on request.
+        memory = Memory()
+        memory.limit_arenas()  # before the pool's threads exist
         pool = ProcessingPool(2 * (settings.processing.workers + 1) + 1)
         stack.push_async_callback(asyncio.to_thread, pool.shutdown)
         origins = build_origins(settings.origins, session)
@@ -61,7 +65,13 @@ async def open_runtime(
         stack.push_async_callback(fetcher.aclose)
         service = ImageService(settings, store, layout)
         hot = HotFiles(settings.viewer.memory_cache_bytes)
-        service.on_gone = hot.forget
+        replays = Replays(settings.viewer.memory_cache_bytes, metrics)
+
+        def gone(image_id: str) -> None:
+            hot.forget(image_id)
+            replays.forget(image_id)
+
+        service.on_gone = gone
         admission = Admission(store, settings.processing.max_queue)
         service.admit = admission.admit
         budget = CacheBudget(
@@ -69,7 +79,7 @@ async def open_runtime(
         )
         service.on_viewed = budget.viewed
         ctx = JobContext(settings, store, service, layout, pool, origins, metrics, fetcher)
-        job_workers = Workers(ctx, settings.processing.workers)
+        job_workers = Workers(ctx, settings.processing.workers, on_idle=memory.trim)
         service.on_queued = job_workers.wake
         ctx.on_released = job_workers.wake
         retiring: set[asyncio.Task[None]] = set()
@@ -100,6 +110,7 @@ async def open_runtime(
             budget=budget,
             admission=admission,
             hot=hot,
+            replays=replays,
             auth_failures=FailedAuth(settings.limits.auth_failures, settings.limits.auth_window),
         )
         if workers:

@@ -24,6 +24,7 @@ from imgproxy.origins.sources import SourceFetcher
 from imgproxy.processing.pool import ProcessingPool
 from imgproxy.settings import Settings
 from imgproxy.web.auth import FailedAuth
+from imgproxy.web.replay import Replays
 
 
 @dataclass
@@ -45,6 +46,7 @@ class AppState:
     budget: CacheBudget
     admission: Admission
     hot: HotFiles
+    replays: Replays
     auth_failures: FailedAuth
 
 

@@ -54,6 +54,41 @@ async def test_cold_view_gets_placeholder_then_display(
     assert decode(await later.read()).width == 320
 
 
+async def test_display_opens_with_the_default_width_and_every_width_is_usable(
+    make_client: AppFactory, originals: Path
+) -> None:
+    """A viewer waits: the display stage is announced once the default width (1280) is built,
+    and from that moment every width and format answers at once (missing ones built on request),
+    by `?w=` and by versioned URL, while the image goes on to `ready` with every file on disk."""
+    (originals / "wide").write_bytes(make_image(3000, 2000))
+    client = await make_client(
+        [file_origin(originals)],
+        viewer={"default_width": 1280},
+        processing={"widths": [320, 640, 960, 1280, 1920, 2560]},
+    )
+    assert (await client.get("/images/wide")).status == 200
+
+    async def display() -> dict[str, Any] | None:
+        info: dict[str, Any] = await (await client.get("/images/wide/info.json")).json()
+        return info if info["stages"]["display"] else None
+
+    info = await poll(display, interval=0.005)
+    widths = info["renditions"]["widths"]
+    assert widths == [320, 640, 960, 1280, 1920, 2560]
+    default = await client.get("/images/wide", headers={"Accept": "image/webp"})
+    assert default.headers["X-Image-Stage"] == "display"
+    assert decode(await default.read()).width == 1280
+    for width in widths:
+        for fmt in info["renditions"]["formats"]:
+            response = await client.get(f"/images/wide/v1/{width}.{fmt}")
+            assert response.status == 200, (width, fmt)
+            assert decode(await response.read()).width == width
+        by_query = await client.get(f"/images/wide?w={width}")
+        assert by_query.headers["X-Image-Stage"] == "display"
+        assert decode(await by_query.read()).width == width
+    assert (await wait_ready(client, "wide"))["status"] == "ready"
+
+
 async def test_info_json_shape_and_absolute_urls(make_client: AppFactory, originals: Path) -> None:
     """info.json carries every field of SPEC §3 with URLs built from server.public_url."""
     (originals / "pic").write_bytes(make_image(1000, 500))

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
 from imgproxy.cache.layout import CacheLayout
 from imgproxy.images.negotiation import rendition_formats, rendition_widths
@@ -22,6 +22,7 @@ from imgproxy.settings import Settings
 
 # Errors after which a new view tries the origin again (SPEC §3).
 RETRYABLE_ERRORS = ("uploadError", "unknown", "statusUpdateError")
+BUMP_TTL = 30.0  # seconds a raise of an image's priority is remembered
 POLL_INTERVAL = 1.0  # catch changes made by another process (`imgproxy warm --process`)
 
 Subscriber = asyncio.Queue[ImageRecord | None]
@@ -46,6 +47,9 @@ class ImageService:
         self._records: LRUCache[str, ImageRecord] = LRUCache(maxsize=50_000)
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._starting: SingleFlight[str, ImageRecord | None] = SingleFlight()
+        # Queued images a viewer already raised to viewer priority: a herd of views of one
+        # queued image writes to the queue once, not once per request.
+        self._raised: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=BUMP_TTL)
         self.on_queued: Callable[[], None] = lambda: None  # the workers' wake-up, set by the app
         self.on_viewed: Callable[[str], None] = lambda image_id: None  # the cache's LRU clock
         self.admit: Callable[[int], Awaitable[None]] = _admit_all  # queue bound, set by the app
@@ -70,7 +74,13 @@ class ImageService:
         record = await self.get(image_id)
         if record is None or (_needs_pull(record) and (retry_failed or record.status != "error")):
             return await self._starting.run(image_id, lambda: self._start(image_id, priority))
-        if record.status == "queued" and not record.placeholder and priority == VIEWER:
+        if (
+            record.status == "queued"
+            and not record.placeholder
+            and priority == VIEWER
+            and image_id not in self._raised
+        ):
+            self._raised[image_id] = True
             await self.store.bump_priority(image_id, priority)
         return record
 
@@ -97,12 +107,16 @@ class ImageService:
             await self.store.requeue(image_id, priority)
         else:
             return await self.publish(image_id)
+        if priority == VIEWER:
+            self._raised[image_id] = True
         self.on_queued()
         return await self.publish(image_id)
 
     async def publish(self, image_id: str) -> ImageRecord | None:
         """Reload an image from the store and tell everyone waiting on it (None: it is gone)."""
         record = await self.store.get_image(image_id)
+        if record is None or record.status != "queued":
+            self._raised.pop(image_id, None)  # its job runs or is gone: a later requeue is new
         if record is None:
             self._records.pop(image_id, None)
         else:

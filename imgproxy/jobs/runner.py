@@ -17,9 +17,9 @@ from pathlib import Path
 
 from imgproxy.cache.disk import remove
 from imgproxy.cache.layout import CacheLayout
-from imgproxy.images.negotiation import rendition_formats, rendition_widths
+from imgproxy.images.negotiation import choose_width, rendition_formats, rendition_widths
 from imgproxy.images.service import ImageService
-from imgproxy.metadata.store import ImageRecord, Job, MetadataStore, StoreError
+from imgproxy.metadata.store import VIEWER, ImageRecord, Job, MetadataStore, StoreError
 from imgproxy.metrics import Metrics
 from imgproxy.origins.base import NotFound, Origin, TooLarge, Unavailable
 from imgproxy.origins.registry import pull, pull_url
@@ -35,8 +35,8 @@ async def _nothing(_image_id: str) -> None:
     return None
 
 
-RETIRE_GRACE = 60.0
-EARLY_PYRAMID_PIXELS = 40_000_000  # from this size the pyramid starts beside the placeholder  # seconds an old version's files outlive the switch
+RETIRE_GRACE = 60.0  # seconds an old version's files outlive the switch
+EARLY_PYRAMID_PIXELS = 40_000_000  # from this size the pyramid starts beside the placeholder
 
 
 @dataclass
@@ -182,22 +182,46 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
     )
     need_zoom = not (current.zoom and layout.dzi(image_id, version).exists())
 
-    async def display() -> None:
-        t = time.monotonic()
+    # A viewer is waiting: the width it asks for by default comes first, built beside the
+    # placeholder on the other core, and the display stage is published as soon as it is in
+    # place; the other widths follow. Until they land, a request for one of them builds it on
+    # request from the original (images/renditions.py), so every width is usable from then on.
+    first_width = choose_width(widths, settings.viewer.default_width, 1.0)
+    rest = [w for w in widths if w != first_width]
+    split = job.priority == VIEWER and need_display and bool(rest)
+
+    async def renditions(ws: list[int], encode_in_parallel: bool = False) -> None:
+        dest = layout.rendition
         await pool.run(
             pipeline.build_renditions,
             original,
-            lambda w, f: layout.rendition(image_id, version, w, f),
-            widths,
+            lambda w, f: dest(image_id, version, w, f),
+            ws,
             formats,
             p.quality,
+            encode_in_parallel,
         )
-        ctx.metrics.observe("imgproxy_stage_seconds", time.monotonic() - t, stage="display")
+
+    async def display_built() -> None:
         # Viewers switch to a new version only now that it has everything the old one showed.
         await store.set_stage(image_id, version, "display", switch=True)
         await _publish(ctx, image_id)
         if is_new_version:
             ctx.retire(image_id, served)
+
+    async def display(first: asyncio.Future[None] | None, then: Callable[[], None]) -> None:
+        """Build and publish the display stage; `then` runs once it is published."""
+        t = time.monotonic()
+        if first is not None:
+            await first
+            await display_built()
+            then()
+            await renditions(rest)
+        else:
+            await renditions(widths)
+            await display_built()
+            then()
+        ctx.metrics.observe("imgproxy_stage_seconds", time.monotonic() - t, stage="display")
 
     async def tiles() -> None:
         t = time.monotonic()
@@ -213,16 +237,25 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
 
     need_placeholder = not (current.placeholder and layout.placeholder(image_id, version).exists())
     pyramid: asyncio.Future[None] | None = None
+    first: asyncio.Future[None] | None = None
     try:
         waiting = through == "zoom" and await store.others_waiting(image_id, job.priority)
         alongside = through == "zoom" and need_display and need_zoom and not waiting
+
+        def start_pyramid() -> None:
+            nonlocal pyramid
+            if alongside and pyramid is None:
+                pyramid = asyncio.ensure_future(tiles())
+
         # Nobody else is waiting: build the pyramid beside the other stages. JPEG decoding is
         # single-threaded, so it leaves a core for them; stages are still published in order.
-        # A small image starts it after its placeholder, so that a viewer waiting for the
-        # placeholder gets both cores; a huge one at once (its placeholder is little work).
+        # A small image starts it once the viewer has its placeholder and first display width
+        # (they get both cores); a huge one at once (its placeholder is little work).
         huge = width * (current.height or 0) >= EARLY_PYRAMID_PIXELS
-        if alongside and (huge or not need_placeholder):
-            pyramid = asyncio.ensure_future(tiles())
+        if huge or not (need_placeholder or split):
+            start_pyramid()
+        if split:
+            first = asyncio.ensure_future(renditions([first_width], encode_in_parallel=True))
         if need_placeholder:
             t = time.monotonic()
             await pool.run(
@@ -237,13 +270,15 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
 
         if through == "display":
             if need_display:
-                await display()
+                await display(first, lambda: None)
+                first = None
             return "partial"
 
-        if alongside and pyramid is None:
-            pyramid = asyncio.ensure_future(tiles())
+        if not split:
+            start_pyramid()
         if need_display:
-            await display()
+            await display(first, start_pyramid)
+            first = None
             if need_zoom and waiting:
                 # Round robin: every waiting viewer gets its placeholder and display first;
                 # the pyramid is built on this job's next turn (then display is done, so it
@@ -256,8 +291,10 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
             pyramid = None
             await zoom_built()
     except BaseException as exc:
-        if pyramid is not None:  # its thread runs on regardless: wait for it, drop its result
-            await asyncio.gather(pyramid, return_exceptions=True)
+        # Their threads run on regardless: wait for them, drop their results.
+        await asyncio.gather(
+            *(f for f in (first, pyramid) if f is not None), return_exceptions=True
+        )
         if isinstance(exc, pipeline.InvalidImage):
             raise JobFailed("invalidImage", str(exc)) from exc
         raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from imgproxy.jobs.runner import JobContext, run_job
 from imgproxy.metadata.store import BULK, VIEWER, StoreError
@@ -17,9 +18,12 @@ IDLE_POLL = 1.0  # also picks up jobs queued by another process (`imgproxy warm`
 
 
 class Workers:
-    def __init__(self, ctx: JobContext, count: int) -> None:
+    def __init__(
+        self, ctx: JobContext, count: int, on_idle: Callable[[], None] = lambda: None
+    ) -> None:
         self.ctx = ctx
         self.count = count
+        self.on_idle = on_idle  # blocking (malloc_trim): runs in a thread when all are idle
         self.busy = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -66,3 +70,5 @@ class Workers:
                 raise
             finally:
                 self.busy -= 1
+            if self.busy == 0:
+                await asyncio.to_thread(self.on_idle)

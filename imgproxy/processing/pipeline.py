@@ -12,6 +12,7 @@ import functools
 import os
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -199,15 +200,29 @@ def build_renditions(
     widths: Sequence[int],
     formats: Sequence[str],
     quality: int,
+    encode_in_parallel: bool = False,
 ) -> None:
-    """Every width x format from one shrink-on-load decode held in memory, largest first."""
+    """Every width x format from one shrink-on-load decode held in memory, largest first.
+
+    `encode_in_parallel`: encode the formats of each width on threads of their own (encoders are
+    single-threaded); for a viewer waiting while a core is free.
+    """
     if not widths:
         return
     base = _thumbnail(src, max(widths)).copy_memory()
     for width in sorted(widths, reverse=True):
         image = base if width == base.width else base.resize(width / base.width, kernel="lanczos3")
-        for fmt in formats:
-            save(image, dest_for(width, fmt), fmt, quality)
+        if encode_in_parallel and len(formats) > 1:
+            image = image.copy_memory()
+            with ThreadPoolExecutor(len(formats), thread_name_prefix="vips-encode") as encoders:
+                done = [
+                    encoders.submit(save, image, dest_for(width, f), f, quality) for f in formats
+                ]
+                for future in done:
+                    future.result()
+        else:
+            for fmt in formats:
+                save(image, dest_for(width, fmt), fmt, quality)
 
 
 @_vips_errors_are_invalid

@@ -16,9 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
 from imgproxy.settings import Settings
+from imgproxy.state import STATE
+from imgproxy.web.replay import Replays
 
 BUSY_BODY = b'{"error":"too many connections; try again shortly"}'
 BUSY = (
@@ -37,20 +40,53 @@ class ConnectionCount:
         self.refused = 0
 
 
+ReplaysOf = Callable[[], Replays | None]
+
+
+class _ReplayingParser:
+    """aiohttp's request parser, with the requests it parses first offered to the handler's
+    replays (web/replay.py): those answered there never become aiohttp requests."""
+
+    def __init__(self, parser: Any, handler: GuardedHandler) -> None:
+        self._parser = parser
+        self._handler = handler
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+    def feed_data(self, data: bytes) -> Any:
+        messages, upgraded, tail = self._parser.feed_data(data)
+        if messages and not upgraded:
+            messages = self._handler.replay(messages)
+        return messages, upgraded, tail
+
+
 class GuardedHandler(RequestHandler):
-    """A request handler that enforces the header timeout and the connection limit."""
+    """A request handler that enforces the header timeout and the connection limit, and answers
+    plain requests for hot immutable files from recorded bytes."""
 
     def __init__(
-        self, manager: web.Server, count: ConnectionCount, header_timeout: float, **kwargs: Any
+        self,
+        manager: web.Server,
+        count: ConnectionCount,
+        header_timeout: float,
+        replays: ReplaysOf = lambda: None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._count = count
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
         self._counted = False
+        self._replays = replays
+        self._replayed = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if getattr(self, "_parser", None) is not None and hasattr(
+            self, "_next_keepalive_close_time"
+        ):
+            self._parser = _ReplayingParser(self._parser, self)  # type: ignore[assignment]
         if self._count.open >= self._count.limit:
             self._count.refused += 1
             assert isinstance(transport, asyncio.Transport)
@@ -70,13 +106,44 @@ class GuardedHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         # Idle between requests: these bytes start a new request, whose headers are now timed.
-        idle = not self._messages and self._waiter is not None and not self._waiter.done()
-        before = self._request_count
+        idle = self._idle()
+        before = self._request_count + self._replayed
         super().data_received(data)
-        if self._request_count > before:
+        if self._request_count + self._replayed > before:
             self._stop_header_timer()
         elif idle and self._header_timer is None:
             self._start_header_timer()
+
+    def _idle(self) -> bool:
+        """No request queued or in progress: the handler's loop waits for the next one."""
+        return not self._messages and self._waiter is not None and not self._waiter.done()
+
+    def replay(self, messages: list[Any]) -> list[Any]:
+        """Answer the leading messages that have a recorded answer while the connection is idle
+        (answers stay in request order); return the rest for aiohttp to handle."""
+        replays = self._replays()
+        if replays is None or self.transport is None or not self._idle():
+            return messages
+        for done, (message, _payload) in enumerate(messages):
+            answer = None
+            if isinstance(message, RawRequestMessage):
+                answer = replays.answer(
+                    message.method,
+                    message.path,
+                    message.version,
+                    message.should_close,
+                    message.headers,
+                )
+            if answer is None:
+                return messages[done:]
+            self.transport.write(answer)
+            self._replayed += 1
+            consumed = getattr(self._parser, "message_consumed", None)
+            if consumed is not None:
+                consumed()  # the parser counts queued messages for its back-pressure
+            # An answered request counts as activity for the keep-alive timeout.
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        return []
 
     def _start_header_timer(self) -> None:
         self._header_timer = self._loop.call_later(self._header_timeout, self._headers_too_slow)
@@ -95,15 +162,26 @@ class GuardedHandler(RequestHandler):
 
 class GuardedServer(web.Server):
     def __init__(
-        self, *args: Any, count: ConnectionCount, header_timeout: float, **kwargs: Any
+        self,
+        *args: Any,
+        count: ConnectionCount,
+        header_timeout: float,
+        replays: ReplaysOf,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.count = count
         self.header_timeout = header_timeout
+        self.replays = replays
 
     def __call__(self) -> RequestHandler:
         return GuardedHandler(
-            self, self.count, self.header_timeout, loop=self._loop, **self._kwargs
+            self,
+            self.count,
+            self.header_timeout,
+            self.replays,
+            loop=self._loop,
+            **self._kwargs,
         )
 
 
@@ -117,6 +195,10 @@ class GuardedRunner(web.AppRunner):
         self.count = ConnectionCount(settings.server.max_connections)
         self.header_timeout = settings.server.header_timeout
 
+    def _replays(self) -> Replays | None:
+        state = self.app.get(STATE)
+        return state.replays if state is not None else None
+
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         guarded = GuardedServer(
@@ -126,6 +208,7 @@ class GuardedRunner(web.AppRunner):
             loop=server._loop,
             count=self.count,
             header_timeout=self.header_timeout,
+            replays=self._replays,
             **server._kwargs,
         )
         return guarded

@@ -9,12 +9,14 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
+from imgproxy.cache.hot import HotFile
 from imgproxy.images.ids import InvalidId, check_id
 from imgproxy.images.negotiation import CONTENT_TYPES, choose_format, choose_width
 from imgproxy.metadata.store import ImageRecord
 from imgproxy.state import STATE, AppState
 from imgproxy.web.errors import ApiError, image_error, json_response
 from imgproxy.web.middlewares import cors_headers
+from imgproxy.web.replay import ReplayableResponse
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 SSE_HEARTBEAT = 15.0
@@ -215,6 +217,11 @@ async def rendition(request: web.Request) -> web.StreamResponse:
         if record is None:
             raise _not_found(image_id)
         path = await state.renditions.ensure_versioned(record, version, width, ext)
+    if not any(h in request.headers for h in ("Range", "If-Range", "If-Modified-Since")):
+        # Read once into memory; FileResponse (sendfile) keeps what memory does not do.
+        hot = await state.hot.load(image_id, path)
+        if hot is not None:
+            return _from_memory(request, image_id, hot, CONTENT_TYPES[ext])
     return _file(path, CONTENT_TYPES[ext], IMMUTABLE)
 
 
@@ -265,10 +272,17 @@ def _immutable(
     hot = state.hot.get(image_id, path)
     if hot is None:
         return None
+    return _from_memory(request, image_id, hot, content_type)
+
+
+def _from_memory(
+    request: web.Request, image_id: str, hot: HotFile, content_type: str
+) -> web.Response:
     headers = {"Cache-Control": IMMUTABLE, "ETag": hot.etag}
     if _matches(request.headers.get("If-None-Match"), hot.etag):
         return web.Response(status=304, headers=headers)
-    return web.Response(body=hot.body, content_type=content_type, headers=headers)
+    # The same bytes answer every plain request for this path: web/replay.py may record them.
+    return ReplayableResponse(image_id, body=hot.body, content_type=content_type, headers=headers)
 
 
 async def _zoom_missing(state: AppState, image_id: str, version: int) -> None:
