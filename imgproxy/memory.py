@@ -9,7 +9,6 @@ pages back after work, keep RSS near the live set. Elsewhere (musl, macOS) both 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -19,11 +18,8 @@ ARENAS = 2
 
 
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)  # the process's own symbols: libc is among them
         libc.mallopt  # noqa: B018 - raises AttributeError when this is not glibc
         libc.malloc_trim  # noqa: B018
     except (OSError, AttributeError):
