@@ -22,13 +22,27 @@ def temp_path(final: Path) -> Path:
 
 
 @contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; rename it to `final` on success, remove it on failure."""
+def atomic_path(final: Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it to `final` on success, remove it on failure.
+
+    `replace=False`: an immutable file: when `final` appeared meanwhile (two builds of one
+    derivative raced), the first one stays, so a URL never changes bytes once served.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(final)
     try:
         yield tmp
-        os.replace(tmp, final)
+        if replace:
+            os.replace(tmp, final)
+        else:
+            try:
+                os.link(tmp, final)  # unlike rename, fails when `final` exists
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links: last writer wins
+                os.replace(tmp, final)
+                return
+            os.unlink(tmp)
     except BaseException:
         remove(tmp)
         raise

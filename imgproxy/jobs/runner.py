@@ -187,11 +187,20 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
     # placeholder on the other core, and the display stage is published as soon as it is in
     # place; the other widths follow. Until they land, a request for one of them builds it on
     # request from the original (images/renditions.py), so every width is usable from then on.
+    # (Not for a huge image: one more decode of it costs more than it saves.)
+    huge = width * (current.height or 0) >= EARLY_PYRAMID_PIXELS
     first_width = choose_width(widths, settings.viewer.default_width, 1.0)
     rest = [w for w in widths if w != first_width]
-    split = job.priority == VIEWER and need_display and bool(rest)
+    split = job.priority == VIEWER and need_display and bool(rest) and not huge
+    # Nobody waits for the placeholder alone (a hook, a migration): it comes from the display
+    # decode instead of one of its own, and is published just before the display.
+    placeholder_path = layout.placeholder(image_id, version)
+    need_placeholder = not (current.placeholder and placeholder_path.exists())
+    combined = need_placeholder and need_display and job.priority != VIEWER
 
-    async def renditions(ws: list[int], encode_in_parallel: bool = False) -> None:
+    async def renditions(
+        ws: list[int], encode_in_parallel: bool = False, with_placeholder: bool = False
+    ) -> None:
         await pool.run(
             pipeline.build_renditions,
             original,
@@ -200,7 +209,12 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
             formats,
             p.quality,
             encode_in_parallel,
+            (placeholder_path, p.placeholder_width) if with_placeholder else None,
         )
+
+    async def placeholder_built() -> None:
+        await store.set_stage(image_id, version, "placeholder")
+        await _publish(ctx, image_id)
 
     async def display_built() -> None:
         # Viewers switch to a new version only now that it has everything the old one showed.
@@ -218,7 +232,9 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
             then()
             await renditions(rest)
         else:
-            await renditions(widths)
+            await renditions(widths, with_placeholder=combined)
+            if combined:
+                await placeholder_built()
             await display_built()
             then()
         ctx.metrics.observe("imgproxy_stage_seconds", time.monotonic() - t, stage="display")
@@ -235,7 +251,6 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
         await store.set_stage(image_id, version, "zoom")
         await _publish(ctx, image_id)
 
-    need_placeholder = not (current.placeholder and layout.placeholder(image_id, version).exists())
     pyramid: asyncio.Future[None] | None = None
     first: asyncio.Future[None] | None = None
     try:
@@ -259,22 +274,17 @@ async def _build(ctx: JobContext, job: Job, admit: Admit | None, through: str) -
         # single-threaded, so it leaves a core for them; stages are still published in order.
         # A small image starts it once the viewer has its placeholder and first display width
         # (they get both cores); a huge one at once (its placeholder is little work).
-        huge = width * (current.height or 0) >= EARLY_PYRAMID_PIXELS
         if huge or not (need_placeholder or split):
             start_pyramid()
         if split:
             first = asyncio.ensure_future(renditions([first_width], encode_in_parallel=True))
-        if need_placeholder:
+        if need_placeholder and not combined:
             t = time.monotonic()
             await pool.run(
-                pipeline.build_placeholder,
-                original,
-                layout.placeholder(image_id, version),
-                p.placeholder_width,
+                pipeline.build_placeholder, original, placeholder_path, p.placeholder_width
             )
             ctx.metrics.observe("imgproxy_stage_seconds", time.monotonic() - t, stage="placeholder")
-            await store.set_stage(image_id, version, "placeholder")
-            await _publish(ctx, image_id)
+            await placeholder_built()
 
         if through == "display":
             if need_display:

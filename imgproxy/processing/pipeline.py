@@ -157,8 +157,11 @@ def _thumbnail(src: Path, width: int) -> pyvips.Image:
 
 
 def save(image: pyvips.Image, dest: Path, fmt: str, quality: int) -> None:
-    """Write one derivative atomically, without metadata."""
-    with atomic_path(dest) as tmp:
+    """Write one derivative atomically, without metadata. Derivatives are immutable: one already
+    there (built on request while its job was still on other widths) is kept as it is."""
+    if dest.exists():
+        return
+    with atomic_path(dest, replace=False) as tmp:
         try:
             if fmt == "jpg":
                 if image.hasalpha():
@@ -181,7 +184,10 @@ def save(image: pyvips.Image, dest: Path, fmt: str, quality: int) -> None:
 @_vips_errors_are_invalid
 def build_placeholder(src: Path, dest: Path, width: int) -> None:
     """The tiny JPEG a cold viewer gets first (always JPEG, alpha flattened, <= 2 KB)."""
-    image = _thumbnail(src, width)
+    _save_placeholder(_thumbnail(src, width), dest)
+
+
+def _save_placeholder(image: pyvips.Image, dest: Path) -> None:
     if image.hasalpha():
         image = image.flatten(background=[255, 255, 255])
     quality = PLACEHOLDER_QUALITY
@@ -201,15 +207,21 @@ def build_renditions(
     formats: Sequence[str],
     quality: int,
     encode_in_parallel: bool = False,
+    placeholder: tuple[Path, int] | None = None,
 ) -> None:
     """Every width x format from one shrink-on-load decode held in memory, largest first.
 
     `encode_in_parallel`: encode the formats of each width on threads of their own (encoders are
-    single-threaded); for a viewer waiting while a core is free.
+    single-threaded); for a viewer waiting while a core is free. `placeholder` (path, width):
+    write the placeholder too, from the same decode (when nobody waits for it alone).
     """
     if not widths:
         return
     base = _thumbnail(src, max(widths)).copy_memory()
+    if placeholder is not None:
+        dest, width = placeholder
+        small = base.resize(min(width, base.width) / base.width, kernel="lanczos3")
+        _save_placeholder(small, dest)
     for width in sorted(widths, reverse=True):
         image = base if width == base.width else base.resize(width / base.width, kernel="lanczos3")
         if encode_in_parallel and len(formats) > 1:

@@ -128,3 +128,21 @@ def test_renditions_from_one_base(tmp_path: Path) -> None:
         for fmt in ("jpg", "webp", "avif"):
             out = pyvips.Image.new_from_file(str(tmp_path / f"{width}.{fmt}"))
             assert (out.width, out.height) == (width, width // 2)
+
+
+def test_a_derivative_once_written_is_never_replaced(tmp_path: Path) -> None:
+    """Two builds of one rendition (on request and by its job) race: the first file stays, so a
+    versioned URL never changes bytes once served, and no temporary file is left."""
+    first = pyvips.Image.new_from_buffer(make_image(64, 48, seed=1), "")
+    second = pyvips.Image.new_from_buffer(make_image(64, 48, seed=2), "")
+    dest = tmp_path / "v1" / "64.jpg"
+    pipeline.save(first, dest, "jpg", 80)
+    written = dest.read_bytes()
+    pipeline.save(second, dest, "jpg", 80)
+    assert dest.read_bytes() == written
+    with pipeline.atomic_path(
+        dest, replace=False
+    ) as tmp:  # the race itself: both got past exists()
+        pipeline.save(second, tmp, "jpg", 80)
+    assert dest.read_bytes() == written
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["64.jpg"]
