@@ -177,24 +177,44 @@ def describe_stage_means(stages: dict[str, tuple[float, int]]) -> str:
     return ", ".join(parts) or "none"
 
 
-async def tile_urls(
-    session: aiohttp.ClientSession, info: dict[str, Any], wanted: int = 16
-) -> list[str]:
-    """URLs of a square block of (at most `wanted`) full-resolution tiles, each fetched once."""
-    dzi_url = str(info["zoom"]["dzi"])
+@dataclass(frozen=True)
+class Dzi:
+    width: int
+    height: int
+    tile_size: int
+    fmt: str
+    top: int  # the full-resolution level
+    tiles: str  # the URL of the tile tree: {tiles}/{level}/{col}_{row}.{fmt}
+
+
+async def read_dzi(session: aiohttp.ClientSession, dzi_url: str) -> Dzi:
+    """A DeepZoom descriptor, fetched and parsed."""
     async with session.get(dzi_url) as response:
         if response.status != 200:
             raise RuntimeError(f"{dzi_url}: {response.status}")
         root = ElementTree.fromstring(await response.read())
     size = next(el for el in root.iter() if el.tag.endswith("Size"))
     width, height = int(size.get("Width", "0")), int(size.get("Height", "0"))
-    tile_size, fmt = int(root.get("TileSize", "254")), root.get("Format", "jpg")
-    level = math.ceil(math.log2(max(width, height)))
+    return Dzi(
+        width,
+        height,
+        int(root.get("TileSize", "254")),
+        root.get("Format", "jpg"),
+        math.ceil(math.log2(max(width, height))),
+        re.sub(r"\.dzi$", "_files", dzi_url),
+    )
+
+
+async def tile_urls(
+    session: aiohttp.ClientSession, info: dict[str, Any], wanted: int = 16
+) -> list[str]:
+    """URLs of a square block of (at most `wanted`) full-resolution tiles, each fetched once."""
+    dzi = await read_dzi(session, str(info["zoom"]["dzi"]))
+    width, height, tile_size, fmt, level = dzi.width, dzi.height, dzi.tile_size, dzi.fmt, dzi.top
     side = math.isqrt(wanted)
     cols = min(side, math.ceil(width / tile_size))
     rows = min(side, math.ceil(height / tile_size))
-    base = re.sub(r"\.dzi$", "_files", dzi_url)
-    urls = [f"{base}/{level}/{c}_{r}.{fmt}" for c in range(cols) for r in range(rows)]
+    urls = [f"{dzi.tiles}/{level}/{c}_{r}.{fmt}" for c in range(cols) for r in range(rows)]
     for url in urls:
         got = await timed_get(session, url)
         if got.status != 200:

@@ -31,13 +31,13 @@ import aiohttp
 
 from bench.client import REQUEST_TIMEOUT
 from bench.images import TestSet
-from bench.plan import VENV_BIN, WORK_DIR, Plan
+from bench.plan import WORK_DIR, Plan
 from bench.report import Report, Row
 from bench.servers import (
     BareStaticServer,
     ImgproxyServer,
-    clean_env,
     cpu_seconds,
+    run_cli,
     running,
 )
 
@@ -197,14 +197,7 @@ def _body_kb(account: Account, urls: list[str], count: int) -> float:
 
 async def _organisation(server: ImgproxyServer) -> Account:
     """`imgproxy org create` on the running server's storage (works at once, SPEC §5)."""
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [str(VENV_BIN / "imgproxy"), "org", "create", "bench", "-c", str(server.config)],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-    )
+    done = await run_cli("org", "create", "bench", "-c", str(server.config))
     if done.returncode != 0:
         raise RuntimeError(f"imgproxy org create failed: {done.stderr.strip()[-500:]}")
     made = json.loads(done.stdout.strip().splitlines()[-1])

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
-from xml.etree import ElementTree
 
 import aiohttp
 
 from bench import loadgen
-from bench.client import BROWSER_ACCEPT, REQUEST_TIMEOUT, timed_get, wait_ready
+from bench.client import BROWSER_ACCEPT, REQUEST_TIMEOUT, read_dzi, timed_get, wait_ready
 from bench.images import Original, TestSet
 from bench.plan import Plan
 from bench.report import Report, Row
@@ -59,15 +57,10 @@ class Urls:
 
 async def _dzi_tiles(session: aiohttp.ClientSession, dzi_url: str) -> list[str]:
     """Every tile URL of every level of a DeepZoom pyramid."""
-    async with session.get(dzi_url) as response:
-        if response.status != 200:
-            raise RuntimeError(f"{dzi_url}: {response.status}")
-        root = ElementTree.fromstring(await response.read())
-    size = next(el for el in root.iter() if el.tag.endswith("Size"))
-    width, height = int(size.get("Width", "0")), int(size.get("Height", "0"))
-    tile_size, fmt = int(root.get("TileSize", "254")), root.get("Format", "jpg")
-    top = math.ceil(math.log2(max(width, height)))
-    base = re.sub(r"\.dzi$", "_files", dzi_url)
+    dzi = await read_dzi(session, dzi_url)
+    width, height, tile_size, fmt, top, base = (
+        dzi.width, dzi.height, dzi.tile_size, dzi.fmt, dzi.top, dzi.tiles
+    )  # fmt: skip
     urls = []
     for level in range(top + 1):
         scale = 2 ** (top - level)

@@ -94,6 +94,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`imgproxy ARGS` from the venv, its output captured, in a thread."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [str(VENV_BIN / "imgproxy"), *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
+
+
 def clean_env() -> dict[str, str]:
     """The environment without IMGPROXY_* overrides, so the generated TOML is the whole truth."""
     return {k: v for k, v in os.environ.items() if not k.startswith("IMGPROXY_")}
@@ -258,14 +270,7 @@ extensions = [".jpg"]
 
     async def _start(self) -> None:
         await asyncio.to_thread(self._prepare)
-        check = await asyncio.to_thread(
-            subprocess.run,
-            [str(VENV_BIN / "imgproxy"), "check-config", "-c", str(self.config)],
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-            timeout=60,
-        )
+        check = await run_cli("check-config", "-c", str(self.config))
         if check.returncode != 0:
             raise RuntimeError(f"imgproxy check-config refused {self.config}:\n{check.stderr}")
         self._spawn([str(VENV_BIN / "imgproxy"), "serve", "-c", str(self.config)])
