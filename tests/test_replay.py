@@ -174,6 +174,22 @@ async def test_pipelined_answers_stay_in_order(served: Served) -> None:
     conn.close()
 
 
+@pytest.mark.parametrize("burst", [20, 1000])
+async def test_pipelined_bursts_are_all_answered(served: Served, burst: int) -> None:
+    """Pipelined requests sent before reading any answer (a short burst, and one far past the
+    parser's queue bound, which takes the normal route): every answer arrives, whole and in
+    order, and the connection stays usable."""
+    conn = await Connection.open(served.port)
+    _, _, body = await conn.get(RENDITION)
+    conn.send(*(request(RENDITION) for _ in range(burst)))
+    await conn.writer.drain()
+    for _ in range(burst):
+        status, _, got = await conn.response()
+        assert (status, got) == (200, body)
+    assert (await conn.get(TILE))[0] == 200
+    conn.close()
+
+
 async def test_replays_keep_the_connection_timers_right(served: Served) -> None:
     """Replayed requests count as activity: a client asking every 0.2 s for longer than the
     header and keep-alive timeouts is not cut off; once it goes quiet, the connection closes."""

@@ -41,6 +41,7 @@ class ConnectionCount:
 
 
 ReplaysOf = Callable[[], Replays | None]
+REPLAY_BUFFER_LIMIT = 256 * 1024  # bytes of answers a connection may have unsent
 
 
 class _ReplayingParser:
@@ -122,10 +123,22 @@ class GuardedHandler(RequestHandler):
         """Answer the leading messages that have a recorded answer while the connection is idle
         (answers stay in request order); return the rest for aiohttp to handle."""
         replays = self._replays()
-        if replays is None or self.transport is None or not self._idle():
+        transport = self.transport
+        if replays is None or transport is None or not self._idle():
+            return messages
+        # aiohttp's parser stops at this many queued messages and keeps the rest of the bytes
+        # until the protocol, having drained its queue, feeds it again: a burst that reached
+        # the bound goes the normal way, or its tail would wait for data that never comes.
+        bound = getattr(self, "_max_msg_queue_size", 0)
+        if bound and len(messages) >= bound:
             return messages
         for done, (message, _payload) in enumerate(messages):
             answer = None
+            # A client that pipelines requests without reading the answers would have them
+            # pile up here: past a bound, the rest go the normal way, whose writes wait for
+            # the client (and whose queue pauses reading).
+            if transport.get_write_buffer_size() > REPLAY_BUFFER_LIMIT:
+                return messages[done:]
             if isinstance(message, RawRequestMessage):
                 answer = replays.answer(
                     message.method,
@@ -136,7 +149,7 @@ class GuardedHandler(RequestHandler):
                 )
             if answer is None:
                 return messages[done:]
-            self.transport.write(answer)
+            transport.write(answer)
             self._replayed += 1
             consumed = getattr(self._parser, "message_consumed", None)
             if consumed is not None:
