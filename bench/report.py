@@ -66,24 +66,22 @@ class Row:
         return (self.figure, _value(self.ours, self.unit), ref, ratio, self.target, self.result)
 
 
+FORMATS = {  # unit -> format spec of its number
+    "ms": ".1f",
+    "s": ".2f",
+    "MiB": ".0f",
+    "MB": ".0f",
+    "img/s": ".2f",
+    "req/s": ",.0f",
+}
+
+
 def _value(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    if unit == "ms":
-        return f"{value:.1f} ms"
-    if unit == "s":
-        return f"{value:.2f} s"
-    if unit == "MiB":
-        return f"{value:.0f} MiB"
-    if unit == "MB":
-        return f"{value:.0f} MB"
-    if unit == "img/s":
-        return f"{value:.2f} img/s"
     if unit == "fetches":
         return f"{value:.0f} fetch{'' if value == 1 else 'es'}"
-    if unit == "req/s":
-        return f"{value:,.0f} req/s"
-    return f"{value:g} {unit}"
+    return f"{value:{FORMATS.get(unit, 'g')}} {unit}"
 
 
 @dataclass
